@@ -1,0 +1,5 @@
+"""Placeholder router; its routes are added with the inference API."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
