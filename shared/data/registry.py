@@ -97,7 +97,9 @@ def _read_records(path: Path) -> list[tuple[int, Any, str | None]]:
         except json.JSONDecodeError as error:
             return [(error.lineno, None, f"invalid JSON: {error.msg}")]
     records: list[tuple[int, Any, str | None]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Split on newlines only: str.splitlines() also breaks at U+2028 and U+0085, which JSON strings
+    # written with ensure_ascii=False may contain.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

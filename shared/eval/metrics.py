@@ -4,7 +4,7 @@ The protocol is the one that ChatGLM-Efficient-Tuning and LLaMA-Factory publish 
 
 - ROUGE-1, ROUGE-2 and ROUGE-L are the F-scores of rouge-chinese on the texts segmented by jieba
   and joined with spaces. When either text is empty or whitespace only, all three are 0, because
-  rouge-chinese raises `ValueError("Hypothesis is empty.")` on such a text.
+  rouge-chinese raises ValueError ("Hypothesis is empty." or "Reference is empty.") on such a text.
 - BLEU-4 is nltk's `sentence_bleu` on characters, with `SmoothingFunction().method3`.
 - Each score is multiplied by 100 and rounded to 4 decimals per sample. The result is the mean
   over samples.
@@ -12,14 +12,16 @@ The protocol is the one that ChatGLM-Efficient-Tuning and LLaMA-Factory publish 
 Design decisions:
 
 - ROUGE-1 and ROUGE-2 come from rouge-chinese itself. ROUGE-L is computed here from the same words
-  and the same F formula as rouge-chinese 1.0.3, because its LCS table is a dict with one entry per
-  pair of words: 2,500 words against 2,500 (`"好" * 5000` against itself) took 8 s and 1.2 GB on a
-  CPU with Python 3.11. The LCS length is the same whatever the algorithm, and the tests compare
-  every score with rouge-chinese. This can go when rouge-chinese computes the LCS in linear memory.
+  and with the same F formula as rouge-chinese 1.0.3, because rouge-chinese stores its LCS table as
+  a dict with one entry per pair of words. Scoring `"好" * 5000` against itself (2,500 words each)
+  took 8 s in one run on a CPU with Python 3.11, and the process peaked at 1.2 GB. The LCS length
+  does not depend on the algorithm, and the tests compare every score with rouge-chinese. This code
+  can go when rouge-chinese computes the LCS in linear memory.
 - Punctuation-only texts are scored as rouge-chinese scores them (`"。"` against `"。"` gives
   ROUGE-1 100 and ROUGE-2 0, since one word has no bigram); only whitespace-only texts are zeroed.
-- No warning is filtered. nltk (3.9 to 3.10) warns "The hypothesis contains 0 counts" only when no
-  smoothing function is given, and rouge-chinese and jieba emit none on these inputs.
+- No warning is filtered. nltk 3.10.4 warns "The hypothesis contains 0 counts" only in
+  `SmoothingFunction.method0`, which runs when no smoothing function is given. The tests score
+  every edge case with warnings turned into errors.
 """
 
 from __future__ import annotations
@@ -50,7 +52,10 @@ class PredictionsFileError(ValueError):
 
 @functools.cache
 def _initialize_jieba() -> None:
-    """Load jieba's dictionary once, without its "Building prefix dict" debug lines on stderr."""
+    """Load jieba's dictionary once, with jieba's logger at WARNING so its debug lines stay off stderr.
+
+    The logger level stays at WARNING for the whole process.
+    """
     jieba.setLogLevel(logging.WARNING)
     jieba.initialize()
 
@@ -116,7 +121,7 @@ def score_pair(prediction: str, reference: str) -> dict[str, float]:
 
 
 class MetricAccumulator:
-    """Running sums of `score_pair` over samples, so a whole evaluation set is never held in memory."""
+    """Running sums of `score_pair` results, so an evaluation set is scored without keeping its texts."""
 
     def __init__(self) -> None:
         self._totals = dict.fromkeys(METRIC_KEYS, 0.0)
@@ -131,7 +136,10 @@ class MetricAccumulator:
             self._empty_predictions += 1
 
     def result(self) -> dict[str, float]:
-        """Return the mean of each metric, `samples` and `empty_predictions`; all 0 without samples."""
+        """Return the mean of each metric with `samples` and `empty_predictions`.
+
+        Every value is 0 when no sample was added.
+        """
         means = {key: total / self._samples if self._samples else 0.0 for key, total in self._totals.items()}
         return {**means, "samples": self._samples, "empty_predictions": self._empty_predictions}
 
@@ -146,7 +154,9 @@ def _parse_line(path: Path, number: int, line: str) -> tuple[str, str]:
             f"{path}:{number}: invalid JSON ({error.msg} at column {error.colno}); {fix}"
         ) from error
     if not isinstance(record, dict):
-        raise PredictionsFileError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}; {fix}")
+        raise PredictionsFileError(
+            f"{path}:{number}: expected a JSON object, got {type(record).__name__}; {fix}"
+        )
 
     texts = []
     for key in ("predict", "label"):
@@ -210,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = score_predictions_file(args.file)
     except FileNotFoundError:
-        print(f"adgen score: file not found: {args.file}; pass the path of a predictions file", file=sys.stderr)
+        print(
+            f"adgen score: file not found: {args.file}; pass the path of a predictions file", file=sys.stderr
+        )
         return 2
     except OSError as error:
         print(f"adgen score: cannot read {args.file}: {error.strerror}", file=sys.stderr)

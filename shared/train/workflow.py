@@ -96,7 +96,7 @@ def attach_lora(model, args: TrainArgs):
     return get_peft_model(model, config)
 
 
-def build_training_arguments(args: TrainArgs, output_dir: Path, distributed: bool):
+def build_training_arguments(args: TrainArgs, output_dir: Path):
     import torch
     from transformers import Seq2SeqTrainingArguments
 
@@ -122,7 +122,9 @@ def build_training_arguments(args: TrainArgs, output_dir: Path, distributed: boo
         gradient_checkpointing=args.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if args.group_by_length else "random",
         ddp_find_unused_parameters=args.ddp_find_unused_parameters,
-        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
+        # Without CUDA, `accelerate launch --multi_gpu` processes train on the CPU over gloo.
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend=None if torch.cuda.is_available() else "gloo",
         disable_tqdm=disable_tqdm,
         report_to="none",
         remove_unused_columns=False,
@@ -152,7 +154,7 @@ def run_training(args: TrainArgs, settings: Settings | None = None, callbacks: S
     tokenizer = load_tokenizer(model_path, padding_side="right")
     dataset = build_train_dataset(tokenizer, args, Path(args.dataset_dir or settings.data_dir))
 
-    training_args = build_training_arguments(args, output_dir, distributed=_world_size() > 1)
+    training_args = build_training_arguments(args, output_dir)
     model = load_model(model_path, trainable=True)
     if args.gradient_checkpointing:
         model.enable_input_require_grads()
@@ -192,12 +194,6 @@ def run_training(args: TrainArgs, settings: Settings | None = None, callbacks: S
             plot_loss(output_dir)
         logger.info("saved %s model to %s", args.finetuning_type, output_dir)
     return metrics
-
-
-def _world_size() -> int:
-    from accelerate import PartialState
-
-    return PartialState().num_processes
 
 
 def main(argv: list[str]) -> int:
