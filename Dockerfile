@@ -4,7 +4,8 @@
 #   docker build --build-arg TORCH_VARIANT=cpu -t adgen-stack:cpu .      # CPU torch on python:3.11-slim
 #
 # torch is not a dependency in pyproject.toml, so each variant brings its own build of it, and the
-# dependency install below is constrained to that torch version so pip can never replace it.
+# dependency install below is constrained to that torch version, so pip fails instead of
+# replacing it.
 
 ARG TORCH_VARIANT=cuda
 ARG CUDA_BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime

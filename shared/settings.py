@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     )
     hf_home: Path | None = Field(None, description="Hugging Face cache folder (HF_HOME).")
 
+    @field_validator("hf_home", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("api_key", mode="before")
     @classmethod
     def _reject_placeholder_key(cls, value: object) -> object:

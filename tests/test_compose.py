@@ -5,7 +5,7 @@ here the way `docker compose config` does it for the features these files use, t
 against the Compose JSON schema. The helpers support only that subset:
 
 - `!reset` removes a key at merge time and `!override` replaces a value instead of merging it.
-- Interpolation knows `$$`, `$VAR`, `${VAR}`, `${VAR-default}`, `${VAR:-default}`, `${VAR?message}`
+- Interpolation supports `$$`, `$VAR`, `${VAR}`, `${VAR-default}`, `${VAR:-default}`, `${VAR?message}`
   and `${VAR:?message}`, and rejects any other `$` form, so a new form fails here first.
 - Merging follows the Compose merge rules for mappings and sequences, with `command`,
   `entrypoint` and `healthcheck.test` replaced, not appended.
@@ -22,14 +22,16 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from jsonschema import Draft7Validator
+from redis import Redis
+from rq import Queue, Worker
 
+from shared.jobs.constants import EVAL_QUEUE, TRAIN_QUEUE
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +45,7 @@ SCHEMA_PATH = Path(
 
 APP_SERVICES = ("api", "trainer", "evaluator")
 GPU_SERVICES = ("trainer", "evaluator")
-WORKER_QUEUES = {"trainer": "train", "evaluator": "eval"}
+WORKER_QUEUES = {"trainer": TRAIN_QUEUE, "evaluator": EVAL_QUEUE}
 EXPECTED_APP_MOUNTS = {
     "/volumes/models": "models",
     "/volumes/adapters": "adapters",
@@ -93,7 +95,7 @@ def load_compose(path: Path) -> dict[str, Any]:
 
 
 def strip_tags(value: Any) -> Any:
-    """Replace each `!reset` / `!override` marker by its value, as a file read alone means it."""
+    """Replace each `!reset` / `!override` marker by its value, which is what a file loaded alone means."""
     if isinstance(value, Reset | Override):
         return strip_tags(value.value)
     if isinstance(value, dict):
@@ -149,7 +151,9 @@ def interpolate_text(text: str, environment: dict[str, str]) -> str:
         if match["escaped"]:
             return "$"
         if match["unsupported"] is not None:
-            raise InterpolationError(f"unsupported interpolation at {text[match.start() :]!r}")
+            raise InterpolationError(
+                f"unsupported interpolation at {text[match.start() :]!r}; use a form this module supports"
+            )
         name = match["braced"] or match["named"]
         operator, argument = match["operator"], match["argument"]
         value = environment.get(name)
@@ -198,7 +202,8 @@ def read_env_example() -> tuple[dict[str, str], dict[str, str]]:
             continue
         name, separator, value = stripped.partition("=")
         assert separator, f".env.example line {line!r} is not NAME=value"
-        assert name not in sections[0] and name not in sections[1], f"{name} is set twice in .env.example"
+        assert name not in sections[0], f"{name} is set twice in .env.example"
+        assert name not in sections[1], f"{name} is set twice in .env.example"
         current[name] = value
     return sections
 
@@ -312,6 +317,11 @@ def test_gpu_workers_reserve_one_nvidia_device() -> None:
         assert device["driver"] == "nvidia", service_name
         assert "gpu" in device["capabilities"], service_name
         assert "count" in device or "device_ids" in device, f"{service_name} reserves no GPU count or ids"
+        if "count" in device:
+            count = str(device["count"])
+            assert count == "all" or count.isdigit(), (
+                f"{service_name} GPU count {count!r} is not `all` or a number"
+            )
         assert services[service_name].get("shm_size"), f"{service_name} keeps Docker's 64 MB /dev/shm"
 
 
@@ -378,10 +388,8 @@ def test_mounts_match_settings_paths() -> None:
     services = base_document()["services"]
     for service_name in APP_SERVICES:
         environment = services[service_name]["environment"]
-        settings = Settings(
-            _env_file=None,
-            volumes_dir=environment["VOLUMES_DIR"],
-            hf_home=environment["HF_HOME"],
+        settings = Settings.model_validate(
+            {"volumes_dir": environment["VOLUMES_DIR"], "hf_home": environment["HF_HOME"]}
         )
         targets = set(mounts_of(services[service_name]))
         for folder in (settings.models_dir, settings.adapters_dir, settings.merged_dir, settings.results_dir):
@@ -406,22 +414,23 @@ def test_dashboard_is_opt_in() -> None:
     assert dashboard["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
-def test_compose_variables_listed_in_env_example() -> None:
-    used = set()
+def compose_variables() -> set[str]:
+    """Return the names of the variables that either compose file interpolates."""
+    used: set[str] = set()
     for path in (BASE_FILE, CPU_FILE):
         for text in strings_in(load_compose(path)):
             used |= variables_in(text)
+    return used
+
+
+def test_compose_variables_listed_in_env_example() -> None:
     listed = set(env_example_values())
-    assert used - listed == set(), "variables used by compose but missing from .env.example"
+    assert compose_variables() - listed == set(), "variables used by compose but missing from .env.example"
 
 
 def test_compose_only_variables_are_used() -> None:
     _, compose_section = read_env_example()
-    used = set()
-    for path in (BASE_FILE, CPU_FILE):
-        for text in strings_in(load_compose(path)):
-            used |= variables_in(text)
-    assert set(compose_section) - used == set(), "compose-only variables no compose file reads"
+    assert set(compose_section) - compose_variables() == set(), "compose-only variables no compose file reads"
 
 
 def test_env_example_lists_settings_fields() -> None:
@@ -435,7 +444,7 @@ def test_env_example_lists_settings_fields() -> None:
 def test_env_example_values_are_valid_settings() -> None:
     settings_section, _ = read_env_example()
     values = {name.lower(): value for name, value in settings_section.items()}
-    settings = Settings(_env_file=None, **values)
+    settings = Settings.model_validate(values)
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.base_model == "tiny-glm"
     assert settings.api_key is None
@@ -450,7 +459,7 @@ def test_compose_defaults_match_settings() -> None:
         field = name.lower()
         assert match["variable"] == name, f"{name} reads ${{{match['variable']}}}"
         assert field in Settings.model_fields, f"{name} is not a Settings field"
-        parsed = getattr(Settings(_env_file=None, **{field: match["default"]}), field)
+        parsed = getattr(Settings.model_validate({field: match["default"]}), field)
         assert parsed == Settings.model_fields[field].default, f"compose default of {name} differs"
 
 
@@ -477,7 +486,7 @@ def test_dockerignore_excludes_secrets_and_data() -> None:
 
 
 # The worker healthcheck is Python code inside the compose file, so it runs here against a real
-# Redis and a real rq worker process instead of being checked only as text.
+# Redis (the private server of conftest.py) and a real rq worker process, not only as text.
 
 WORKER_SCRIPT = """
 import sys
@@ -486,19 +495,6 @@ from rq import Queue, Worker
 queue = Queue(sys.argv[1], connection=Redis.from_url(sys.argv[2]))
 Worker([queue], connection=queue.connection).work(with_scheduler=False)
 """
-
-
-@pytest.fixture
-def redis_url() -> str:
-    from redis import Redis
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
-    url = Settings().redis_url
-    try:
-        Redis.from_url(url, socket_connect_timeout=2).ping()
-    except RedisConnectionError:
-        pytest.skip(f"Redis at {url} is not reachable; start redis-server to run the worker healthcheck")
-    return url
 
 
 def run_worker_healthcheck(queue: str, redis_url: str) -> subprocess.CompletedProcess[str]:
@@ -510,48 +506,46 @@ def run_worker_healthcheck(queue: str, redis_url: str) -> subprocess.CompletedPr
     )
 
 
-def wait_for_worker(queue_name: str, redis_url: str, present: bool) -> None:
-    from redis import Redis
-    from rq import Queue, Worker
+def worker_queue(queue_name: str, redis_url: str) -> Queue:
+    return Queue(queue_name, connection=Redis.from_url(redis_url))
 
-    queue = Queue(queue_name, connection=Redis.from_url(redis_url))
+
+def wait_for_registration(queue_name: str, redis_url: str) -> None:
+    queue = worker_queue(queue_name, redis_url)
     deadline = time.monotonic() + 30
-    while (Worker.count(queue=queue) > 0) != present:
-        assert time.monotonic() < deadline, f"rq worker on {queue_name} did not {'start' if present else 'stop'}"
+    while Worker.count(queue=queue) == 0:
+        assert time.monotonic() < deadline, f"rq worker on {queue_name} did not register within 30 s"
         time.sleep(0.2)
 
 
 def test_worker_healthcheck_tracks_worker(redis_url: str) -> None:
-    queue = f"compose-healthcheck-{uuid.uuid4().hex}"
+    queue = TRAIN_QUEUE
     assert run_worker_healthcheck(queue, redis_url).returncode != 0, "check passed with no worker"
 
     worker = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, queue, redis_url], cwd=REPO)
     try:
-        wait_for_worker(queue, redis_url, present=True)
+        wait_for_registration(queue, redis_url)
         result = run_worker_healthcheck(queue, redis_url)
         assert result.returncode == 0, result.stderr
-        other_queue = run_worker_healthcheck(f"{queue}-other", redis_url)
+        other_queue = run_worker_healthcheck(EVAL_QUEUE, redis_url)
         assert other_queue.returncode != 0, "check passed for a queue the worker does not serve"
         assert "no live rq worker" in other_queue.stderr
     finally:
-        worker.terminate()
+        # SIGKILL leaves the registration in Redis, as a crashed or OOM-killed worker does, so
+        # the check below must fail on the dead pid alone.
+        worker.kill()
         worker.wait(timeout=30)
 
-    wait_for_worker(queue, redis_url, present=False)
-    assert run_worker_healthcheck(queue, redis_url).returncode != 0, "check passed after the worker stopped"
+    assert Worker.count(queue=worker_queue(queue, redis_url)) == 1, "killed worker unregistered itself"
+    result = run_worker_healthcheck(queue, redis_url)
+    assert result.returncode != 0, "check passed after the worker process exited"
 
 
 def test_worker_healthcheck_ignores_other_hosts(redis_url: str) -> None:
-    from redis import Redis
-    from rq import Queue, Worker
-
-    queue_name = f"compose-healthcheck-{uuid.uuid4().hex}"
-    queue = Queue(queue_name, connection=Redis.from_url(redis_url))
+    queue = worker_queue(TRAIN_QUEUE, redis_url)
     worker = Worker([queue], connection=queue.connection)
     worker.hostname = f"not-{socket.gethostname()}"
     worker.register_birth()
-    try:
-        result = run_worker_healthcheck(queue_name, redis_url)
-        assert result.returncode != 0, "check passed for a worker registered by another container"
-    finally:
-        worker.register_death()
+
+    result = run_worker_healthcheck(TRAIN_QUEUE, redis_url)
+    assert result.returncode != 0, "check passed for a worker registered by another container"

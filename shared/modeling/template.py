@@ -56,13 +56,27 @@ def encode_truncated_prompt(
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     overhead = len(ids) - len(prompt_ids)
     keep = max(max_length - overhead, 0)
-    while True:
+    while keep > 0:
         # A cut inside a multi-byte character decodes to U+FFFD; drop it and shorten until it fits.
         shortened = tokenizer.decode(prompt_ids[:keep]).replace("\ufffd", "")
         ids = encode_prompt(tokenizer, build_messages(shortened, source_prefix, **turns))
-        if len(ids) <= max_length or keep == 0:
-            return ids[:max_length] if keep == 0 else ids, True
+        if len(ids) <= max_length:
+            return ids, True
         keep -= 1
+    # Even without the user's text the prompt is too long (a long prefix or history): cut its middle.
+    empty = encode_prompt(tokenizer, build_messages("", source_prefix, **turns))
+    tail = _template_tail_length(tokenizer, source_prefix, turns)
+    return empty[: max(max_length - tail, 0)] + empty[len(empty) - tail :], True
+
+
+def _template_tail_length(tokenizer, source_prefix: str | None, turns: dict) -> int:
+    """Count the template tokens after the user's text, such as `<|assistant|>\\n`."""
+    with_text = encode_prompt(tokenizer, build_messages("。", source_prefix, **turns))
+    without = encode_prompt(tokenizer, build_messages("", source_prefix, **turns))
+    length = 0
+    while length < min(len(with_text), len(without)) and with_text[-1 - length] == without[-1 - length]:
+        length += 1
+    return length
 
 
 @dataclass

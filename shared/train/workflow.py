@@ -98,8 +98,10 @@ def attach_lora(model, args: TrainArgs):
 
 def build_training_arguments(args: TrainArgs, output_dir: Path):
     import torch
+    from accelerate.utils import get_int_from_env
     from transformers import Seq2SeqTrainingArguments
 
+    distributed = get_int_from_env(["WORLD_SIZE"], 1) > 1  # Set by `accelerate launch` and torchrun.
     fp16, bf16 = resolve_precision(args.fp16, args.bf16)
     disable_tqdm = args.disable_tqdm if args.disable_tqdm is not None else not sys.stderr.isatty()
     return Seq2SeqTrainingArguments(
@@ -124,7 +126,7 @@ def build_training_arguments(args: TrainArgs, output_dir: Path):
         ddp_find_unused_parameters=args.ddp_find_unused_parameters,
         # Without CUDA, `accelerate launch --multi_gpu` processes train on the CPU over gloo.
         use_cpu=not torch.cuda.is_available(),
-        ddp_backend=None if torch.cuda.is_available() else "gloo",
+        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
         disable_tqdm=disable_tqdm,
         report_to="none",
         remove_unused_columns=False,
