@@ -32,7 +32,7 @@ SchedulerName = Literal[
 
 
 class DataOptions(BaseModel):
-    """Which data to read and how prompts are built from it."""
+    """Data selection and prompt-building options."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -50,7 +50,9 @@ class TrainOptions(DataOptions):
     """Fine-tuning options that a remote user may set through the jobs API."""
 
     dataset: str = Field("adgen_train", description="Registered dataset names, comma-separated.")
-    finetuning_type: Literal["lora", "full"] = Field("lora", description="Train a LoRA adapter or all weights.")
+    finetuning_type: Literal["lora", "full"] = Field(
+        "lora", description="Train a LoRA adapter or all weights."
+    )
     lora_rank: int = Field(8, ge=1, le=1024, description="Rank of the LoRA update matrices.")
     lora_alpha: float | None = Field(None, gt=0, description="LoRA scaling numerator; default 2 x lora_rank.")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout applied to the LoRA input.")
@@ -71,8 +73,12 @@ class TrainOptions(DataOptions):
     save_steps: int = Field(500, ge=1, description="Updates between checkpoints.")
     save_total_limit: int | None = Field(None, ge=1, description="Keep at most this many checkpoints.")
     seed: int = Field(42, ge=0, description="Random seed of initialisation, shuffling and dropout.")
-    fp16: bool = Field(False, description="Mixed precision in float16; falls back to float32 where unsupported.")
-    bf16: bool = Field(False, description="Mixed precision in bfloat16; falls back to float32 where unsupported.")
+    fp16: bool = Field(
+        False, description="Mixed precision in float16; falls back to float32 where unsupported."
+    )
+    bf16: bool = Field(
+        False, description="Mixed precision in bfloat16; falls back to float32 where unsupported."
+    )
     plot_loss: bool = Field(False, description="Save training_loss.png next to the adapter.")
     group_by_length: bool = Field(True, description="Batch samples of similar length to cut padding.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
@@ -84,7 +90,9 @@ class TrainOptions(DataOptions):
 class TrainArgs(TrainOptions):
     """All `adgen train` options: the remote ones plus local paths and mode flags."""
 
-    do_train: bool = Field(False, description="Run training; accepted for compatibility, `adgen train` trains.")
+    do_train: bool = Field(
+        False, description="Run training; accepted for compatibility, `adgen train` trains."
+    )
     output_dir: str = Field("adgen_lora", description="Folder of the adapter, logs and checkpoints.")
     overwrite_output_dir: bool = Field(False, description="Train from scratch even if checkpoints exist.")
     model_name_or_path: str | None = Field(
@@ -94,7 +102,9 @@ class TrainArgs(TrainOptions):
     resume_from_checkpoint: str | None = Field(
         None, description="Checkpoint folder to resume from, or `true` for the newest in output_dir."
     )
-    disable_tqdm: bool | None = Field(None, description="Hide the progress bar; default: hide when not a terminal.")
+    disable_tqdm: bool | None = Field(
+        None, description="Hide the progress bar; default: hide when not a terminal."
+    )
 
 
 class EvalOptions(DataOptions):
@@ -107,7 +117,9 @@ class EvalOptions(DataOptions):
     temperature: float = Field(0.95, gt=0, le=2, description="Sampling temperature, with do_sample.")
     top_p: float = Field(0.7, gt=0, le=1, description="Nucleus sampling mass, with do_sample.")
     seed: int = Field(42, ge=0, description="Random seed of sampling.")
-    predict_with_generate: bool = Field(True, description="Accepted for compatibility; eval always generates.")
+    predict_with_generate: bool = Field(
+        True, description="Accepted for compatibility; eval always generates."
+    )
 
 
 class EvalArgs(EvalOptions):

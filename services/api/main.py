@@ -28,7 +28,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        logger.info("adgen API %s starting (redis %s, volumes %s)", __version__, settings.redis_url, settings.volumes_dir)
+        logger.info(
+            "adgen API %s starting (redis %s, volumes %s)",
+            __version__,
+            settings.redis_url,
+            settings.volumes_dir,
+        )
         async with AsyncExitStack() as stack:
             for hook in (jobs.lifespan, generate.lifespan):
                 await stack.enter_async_context(hook(app))
@@ -50,7 +55,9 @@ def main(argv: list[str]) -> int:
     from shared.logs import setup_logging
 
     parser = argparse.ArgumentParser(prog="adgen serve", description="Run the adgen HTTP API.")
-    parser.add_argument("--host", default="127.0.0.1", help="Interface to listen on (0.0.0.0 in a container).")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="Interface to listen on (0.0.0.0 in a container)."
+    )
     parser.add_argument("--port", type=int, default=8000, help="TCP port to listen on.")
     parser.add_argument("--log-level", default="info", help="Log level: debug, info, warning or error.")
     args = parser.parse_args(argv)

@@ -25,7 +25,10 @@ def download(target_dir: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         archive = Path(scratch) / "AdvertiseGen.tar.gz"
         logger.info("downloading %s", ADGEN_URL)
-        with urllib.request.urlopen(ADGEN_URL, timeout=TIMEOUT_SECONDS) as response, archive.open("wb") as out:
+        with (
+            urllib.request.urlopen(ADGEN_URL, timeout=TIMEOUT_SECONDS) as response,
+            archive.open("wb") as out,
+        ):
             while chunk := response.read(1 << 20):
                 out.write(chunk)
         with tarfile.open(archive) as bundle:

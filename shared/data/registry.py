@@ -146,7 +146,9 @@ def _to_example(record: Any, columns: dict[str, str]) -> Example | str:
             return f"column {columns['history']!r} must be a list of [prompt, response] string pairs"
         history = [(turn[0], turn[1]) for turn in turns]
     system = record.get(columns["system"]) if columns["system"] else None
-    return Example(prompt=prompt, response=record[columns["response"]], system=system or None, history=history)
+    return Example(
+        prompt=prompt, response=record[columns["response"]], system=system or None, history=history
+    )
 
 
 def load_examples(
@@ -178,7 +180,12 @@ def load_examples(
             logger.warning("skipping invalid line %s", bad)
             invalid.append(bad)
         if invalid:
-            logger.warning("dataset %s: skipped %d invalid lines of %d", spec.name, len(invalid), len(valid) + len(invalid))
+            logger.warning(
+                "dataset %s: skipped %d invalid lines of %d",
+                spec.name,
+                len(invalid),
+                len(valid) + len(invalid),
+            )
         if not valid:
             raise DatasetError(f"dataset {spec.name!r} has no valid rows in {spec.path}")
         logger.info("dataset %s: %d rows from %s", spec.name, len(valid), spec.path)

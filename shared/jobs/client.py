@@ -156,7 +156,7 @@ def list_jobs(
     """Describe the newest jobs first, optionally of one type and status; expired ids are dropped."""
     ids = [raw.decode() for raw in redis.zrevrange(JOB_INDEX_KEY, 0, -1)]
     views = []
-    for job_id, job in zip(ids, Job.fetch_many(ids, connection=redis)):
+    for job_id, job in zip(ids, Job.fetch_many(ids, connection=redis), strict=True):
         if job is None:
             redis.zrem(JOB_INDEX_KEY, job_id)
             continue

@@ -42,7 +42,9 @@ def record_failure(job: Job, error_type: str, message: str) -> dict[str, str]:
     update_state(job.connection, job.id, error=error)
     if job.should_retry:
         logger.warning("job %s: %s: %s; retrying (%d left)", job.id, error_type, message, job.retries_left)
-        publish_status(job.connection, job.id, "queued", retry=True, retries_left=job.retries_left, error=error)
+        publish_status(
+            job.connection, job.id, "queued", retry=True, retries_left=job.retries_left, error=error
+        )
     else:
         logger.warning("job %s failed: %s: %s", job.id, error_type, message)
         publish_status(job.connection, job.id, "failed", error=error)

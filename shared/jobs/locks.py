@@ -36,11 +36,11 @@ def _lock(redis: Redis, job_id: str) -> Lock:
 
 
 @contextmanager
-def hold_run_lock(redis: Redis, job_id: str) -> Iterator[None]:
-    """Hold the job's run lock while the block runs, waiting up to one TTL for a stale holder."""
+def hold_run_lock(redis: Redis, job_id: str, wait: float = RUN_LOCK_TTL + RUN_LOCK_REFRESH) -> Iterator[None]:
+    """Hold the job's run lock while the block runs; `wait` (seconds) lets a stale lock expire first."""
     lock = _lock(redis, job_id)
     token = lock_token()
-    if not lock.acquire(blocking=True, blocking_timeout=RUN_LOCK_TTL + RUN_LOCK_REFRESH, token=token):
+    if not lock.acquire(blocking=True, blocking_timeout=wait, token=token):
         holder = redis.get(lock.name)
         raise JobAlreadyRunningError(
             f"job {job_id} is already running in another work process ({holder!r}); "

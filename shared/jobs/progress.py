@@ -50,7 +50,9 @@ def _text(value: bytes | str) -> str:
 def parse_event(entry_id: bytes | str, fields: dict) -> JobEvent:
     """Build an event from one stream entry as XREAD or XRANGE return it."""
     decoded = {_text(key): _text(value) for key, value in fields.items()}
-    return JobEvent(id=_text(entry_id), kind=decoded.get("event", "log"), data=json.loads(decoded.get("data", "{}")))
+    return JobEvent(
+        id=_text(entry_id), kind=decoded.get("event", "log"), data=json.loads(decoded.get("data", "{}"))
+    )
 
 
 def publish_event(redis: Redis, job_id: str, kind: str, data: dict[str, Any]) -> str:
@@ -108,7 +110,9 @@ class JobReporter:
         publish_event(self.redis, self.job_id, "progress", values)
 
     def log(self, message: str, level: str = "info") -> None:
-        publish_event(self.redis, self.job_id, "log", {"level": level, "message": message, "time": time.time()})
+        publish_event(
+            self.redis, self.job_id, "log", {"level": level, "message": message, "time": time.time()}
+        )
 
     def status(self, status: str, **details: Any) -> None:
         publish_status(self.redis, self.job_id, status, **details)

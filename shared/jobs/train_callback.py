@@ -42,7 +42,9 @@ class JobTrainerCallback(TrainerCallback):
             self.reporter.log(f"cancel requested: saving checkpoint-{state.global_step} and stopping")
         return control
 
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs
+    ):
         if logs and "loss" in logs:
             self.last_logs = {"loss": logs["loss"], "learning_rate": logs.get("learning_rate")}
             self._publish(args, state)

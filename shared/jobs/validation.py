@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.data.registry import DatasetError, load_registry
+from shared.hparams import EvalOptions, TrainOptions
 from shared.modeling.architectures import LINEAR_MODULES, parse_lora_targets, read_model_type
 from shared.modeling.tiny import VARIANTS
 from shared.settings import Settings
@@ -59,10 +60,14 @@ def check_datasets(names: str, settings: Settings, loc: Loc) -> list[ErrorDetail
         spec = registry.get(name)
         if spec is None:
             registered = ", ".join(sorted(registry))
-            errors.append(field_error(loc, f"unknown dataset {name!r}; registered datasets: {registered}", names))
+            errors.append(
+                field_error(loc, f"unknown dataset {name!r}; registered datasets: {registered}", names)
+            )
         elif not spec.path.is_file():
             errors.append(
-                field_error(loc, f"the file of dataset {name!r} is missing on this server ({spec.path.name})", names)
+                field_error(
+                    loc, f"the file of dataset {name!r} is missing on this server ({spec.path.name})", names
+                )
             )
     return errors
 
@@ -81,13 +86,19 @@ def linear_modules_of(model_name: str, settings: Settings) -> Sequence[str] | No
     return LINEAR_MODULES.get(model_type or "")
 
 
-def check_lora_target(lora_target: str | None, model_name: str, settings: Settings, loc: Loc) -> list[ErrorDetail]:
+def check_lora_target(
+    lora_target: str | None, model_name: str, settings: Settings, loc: Loc
+) -> list[ErrorDetail]:
     targets = parse_lora_targets(lora_target)
     if targets is None:
         return []
     available = linear_modules_of(model_name, settings)
     if not targets:
-        return [field_error(loc, "no module name given; omit lora_target to target every linear layer", lora_target)]
+        return [
+            field_error(
+                loc, "no module name given; omit lora_target to target every linear layer", lora_target
+            )
+        ]
     if available is None:
         return []
     unknown = [name for name in targets if name not in available]
@@ -95,3 +106,24 @@ def check_lora_target(lora_target: str | None, model_name: str, settings: Settin
         return []
     message = f"unknown LoRA target {', '.join(unknown)} for {model_name}; its linear layers are: {', '.join(available)}"
     return [field_error(loc, message, lora_target)]
+
+
+def check_train_job(
+    options: TrainOptions, model_name: str | None, eval_options: EvalOptions | None, settings: Settings
+) -> list[ErrorDetail]:
+    """Check a training request body; `loc`s start with "body" as FastAPI's own errors do."""
+    errors = check_datasets(options.dataset, settings, ("body", "dataset"))
+    model_errors = check_base_model(model_name, settings, ("body", "model_name_or_path"))
+    errors += model_errors
+    if options.finetuning_type == "lora" and not model_errors:
+        model = model_name or settings.base_model
+        errors += check_lora_target(options.lora_target, model, settings, ("body", "lora_target"))
+    if eval_options is not None:
+        errors += check_datasets(eval_options.dataset, settings, ("body", "eval", "dataset"))
+    return errors
+
+
+def check_eval_job(options: EvalOptions, model_name: str | None, settings: Settings) -> list[ErrorDetail]:
+    """Check an evaluation request body's dataset and base model."""
+    errors = check_datasets(options.dataset, settings, ("body", "dataset"))
+    return errors + check_base_model(model_name, settings, ("body", "model_name_or_path"))

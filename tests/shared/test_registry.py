@@ -104,7 +104,9 @@ def test_zero_valid_rows_names_dataset(tmp_path):
 
 
 def test_unknown_dataset_lists_registered(tmp_path):
-    write_registry(tmp_path, {"one": ("one.json", line("类型#裙", "好。")), "two": ("two.json", line("a", "b"))})
+    write_registry(
+        tmp_path, {"one": ("one.json", line("类型#裙", "好。")), "two": ("two.json", line("a", "b"))}
+    )
 
     with pytest.raises(DatasetError) as caught:
         resolve_datasets("one,three", tmp_path)
@@ -133,7 +135,13 @@ def test_comma_list_concatenates_datasets(tmp_path):
 
 def test_json_array_file_and_system_column(tmp_path):
     rows = [{"instruction": "类型#裙", "input": "颜色#白色", "output": "白裙。", "sys": "你是文案。"}]
-    columns = {"prompt": "instruction", "query": "input", "response": "output", "history": "", "system": "sys"}
+    columns = {
+        "prompt": "instruction",
+        "query": "input",
+        "response": "output",
+        "history": "",
+        "system": "sys",
+    }
     write_registry(tmp_path, {"alpaca": ("alpaca.json", json.dumps(rows, ensure_ascii=False))}, columns)
 
     example = load_examples("alpaca", tmp_path, strict=True)[0]

@@ -34,7 +34,10 @@ def test_system_and_history_turns(tokenizer):
 
     text = tokenizer.decode(encode_prompt(tokenizer, messages))
 
-    assert text == "[gMASK]<sop><|system|>\n你是文案。<|user|>\n类型#裙<|assistant|>\n好裙子。<|user|>\n类型#裤<|assistant|>\n"
+    assert (
+        text
+        == "[gMASK]<sop><|system|>\n你是文案。<|user|>\n类型#裙<|assistant|>\n好裙子。<|user|>\n类型#裤<|assistant|>\n"
+    )
 
 
 def test_labels_cover_response_only(tokenizer):

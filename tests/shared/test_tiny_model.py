@@ -58,7 +58,9 @@ def test_tiny_model_stops_on_glm_tokens(tiny_model):
 def test_glm4_variant_builds_and_runs(tmp_path, variant, model_class):
     from shared.modeling.loader import load_model, load_tokenizer
 
-    folder = build_tiny_model(tmp_path / "tiny", ["类型#裙*颜色#红色", "红色的连衣裙，优雅大方。"] * 20, variant)
+    folder = build_tiny_model(
+        tmp_path / "tiny", ["类型#裙*颜色#红色", "红色的连衣裙，优雅大方。"] * 20, variant
+    )
     model = load_model(str(folder))
     tokenizer = load_tokenizer(str(folder))
 

@@ -80,7 +80,13 @@ def test_output_folder_has_everything(tmp_path):
     log = read_log(output_dir)
     assert [row["step"] for row in log] == [1, 2, 3, 4]
     assert set(log[0]) == {
-        "step", "total_steps", "loss", "learning_rate", "epoch", "elapsed_seconds", "remaining_seconds"
+        "step",
+        "total_steps",
+        "loss",
+        "learning_rate",
+        "epoch",
+        "elapsed_seconds",
+        "remaining_seconds",
     }
     assert json.loads((output_dir / "all_results.json").read_text())["train_loss"] == pytest.approx(
         metrics["train_loss"]
@@ -154,7 +160,9 @@ def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
 
 
 def test_cli_rejects_unknown_lora_target_listing_names(tmp_path):
-    result = run_cli("--dataset", "adgen_sample", "--output_dir", str(tmp_path / "x"), "--lora_target", "c_attn")
+    result = run_cli(
+        "--dataset", "adgen_sample", "--output_dir", str(tmp_path / "x"), "--lora_target", "c_attn"
+    )
 
     assert result.returncode == 2
     assert "--lora_target c_attn not found in GlmForCausalLM" in result.stderr
@@ -192,6 +200,13 @@ def test_original_command_on_real_dev_split(tmp_path):
     info = {"adgen_train": {"file_name": str(ADGEN_DEV), "columns": columns}}
     (registry / "dataset_info.json").write_text(json.dumps(info))
     output_dir = tmp_path / "adgen_lora"
+    model_dir = tmp_path / "tiny-glm"
+    # As on a machine after `make data`: the tokenizer learns from the training texts.
+    subprocess.run(
+        adgen_command("build-tiny-model", "--dataset_dir", str(registry), "--output_dir", str(model_dir)),
+        capture_output=True,
+        check=True,
+    )
 
     # The published ADGEN command, with --max_steps 60 and --dataset_dir added.
     run_cli(
@@ -201,7 +216,7 @@ def test_original_command_on_real_dev_split(tmp_path):
         "--lr_scheduler_type", "cosine", "--logging_steps", "10", "--save_steps", "2000",
         "--learning_rate", "1e-3", "--num_train_epochs", "2.0", "--lora_rank", "32",
         "--ddp_find_unused_parameters", "False", "--source_prefix", SOURCE_PREFIX,
-        "--plot_loss", "--fp16", "--max_steps", "60",
+        "--plot_loss", "--fp16", "--max_steps", "60", "--model_name_or_path", str(model_dir),
         check=True,
     )  # fmt: skip
 

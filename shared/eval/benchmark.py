@@ -1,0 +1,334 @@
+"""`adgen benchmark` (`make eval`): the ADGEN table of the base model ("Original") and fine-tuned models.
+
+The table has the rows and columns that ChatGLM-Efficient-Tuning publishes for ADGEN: BLEU-4,
+Rouge-1, Rouge-2, Rouge-l and Loss, one column per model. Each model is evaluated by
+`shared.eval.predict.run_evaluation`, so the scores follow the same protocol as `adgen eval`.
+
+Protocols:
+
+- `dataset` (default): evaluate the base model and the adapters of `--adapters` (default: the newest
+  adapter under the adapters volume) on the first `--samples` rows of a registered dataset.
+- `heldout`: rebuild the experiment of the docs from one file, the ADGEN dev split. Its last
+  `--samples` lines are held out for evaluation. A fresh tiny model, whose tokenizer is trained on the
+  other lines only, gets a LoRA adapter trained on those lines; then both are evaluated on the
+  held-out lines. Nothing of the held-out lines reaches the tokenizer or the training.
+
+Each run starts from empty prediction folders, because a retrained adapter keeps its folder name and
+`adgen eval` would otherwise resume the predictions of the old one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.argparsing import add_model_arguments, parse_model
+from shared.hparams import ADGEN_SOURCE_PREFIX, EvalArgs
+from shared.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+TABLE_MARKDOWN = "adgen_table.md"
+TABLE_JSON = "adgen_table.json"
+ORIGINAL = "Original"
+# Table row -> key of all_results.json.
+ROWS = {
+    "BLEU-4": "predict_bleu-4",
+    "Rouge-1": "predict_rouge-1",
+    "Rouge-2": "predict_rouge-2",
+    "Rouge-l": "predict_rouge-l",
+    "Loss": "eval_loss",
+}
+HELDOUT_TRAIN = "heldout_train"
+HELDOUT_EVAL = "heldout_eval"
+ADGEN_COLUMNS = {"prompt": "content", "query": "", "response": "summary", "history": ""}
+
+
+class BenchmarkError(ValueError):
+    """Benchmark input that cannot be used: a missing dev file, too few lines, no base model."""
+
+
+class BenchmarkArgs(BaseModel):
+    """Options of `adgen benchmark`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    protocol: Literal["dataset", "heldout"] = Field(
+        "dataset",
+        description="`dataset` evaluates existing models on --dataset; `heldout` trains a tiny model's "
+        "LoRA on --dev_file without its last --samples lines and evaluates on those lines.",
+    )
+    dataset: str = Field("adgen_dev", description="Registered dataset evaluated by the `dataset` protocol.")
+    dataset_dir: str | None = Field(None, description="Folder of dataset_info.json; default DATA_DIR.")
+    samples: int = Field(
+        100, ge=1, description="Samples evaluated per model (held-out lines with `heldout`)."
+    )
+    adapters: str | None = Field(
+        None,
+        description="LoRA adapter folders, comma-separated, one column each; default: the newest "
+        "adapter under the adapters volume.",
+    )
+    model_name_or_path: str | None = Field(
+        None,
+        description="Base model of the Original column; default: the adapters' recorded base, else BASE_MODEL.",
+    )
+    output_dir: str | None = Field(
+        None, description="Folder of the table and predictions; default RESULTS/benchmark."
+    )
+    dev_file: str = Field(
+        "../shared/data/AdvertiseGen/dev.json", description="ADGEN dev split (JSON lines) split by `heldout`."
+    )
+    source_prefix: str | None = Field(
+        ADGEN_SOURCE_PREFIX,
+        max_length=2000,
+        description="Text put before each prompt; the ADGEN one by default.",
+    )
+    per_device_eval_batch_size: int = Field(8, ge=1, le=1024, description="Prompts generated together.")
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="Tokens generated at most per prompt.")
+    max_steps: int = Field(600, ge=1, description="`heldout`: LoRA training updates.")
+    learning_rate: float = Field(
+        2e-3, gt=0, le=1, description="`heldout`: peak learning rate (cosine schedule)."
+    )
+    lora_rank: int = Field(32, ge=1, le=1024, description="`heldout`: rank of the LoRA update matrices.")
+    per_device_train_batch_size: int = Field(8, ge=1, le=4096, description="`heldout`: samples per update.")
+
+
+def find_newest_adapter(adapters_dir: Path) -> Path | None:
+    """Return the folder under `adapters_dir` whose adapter_config.json was written last, if any."""
+    configs = sorted(adapters_dir.glob("*/adapter_config.json"), key=lambda path: path.stat().st_mtime)
+    return configs[-1].parent if configs else None
+
+
+def column_name(adapter: str) -> str:
+    return f"LoRA ({Path(adapter).name})"
+
+
+def _run_folder_name(column: str) -> str:
+    return "".join(char if char.isalnum() or char in "-_." else "-" for char in column).strip("-").lower()
+
+
+def evaluate_columns(
+    columns: dict[str, EvalArgs], runs_dir: Path, settings: Settings
+) -> dict[str, dict[str, Any]]:
+    """Evaluate each column's model from an empty output folder; return the results by column."""
+    from shared.eval.predict import run_evaluation
+
+    results = {}
+    for column, eval_args in columns.items():
+        output_dir = runs_dir / _run_folder_name(column)
+        shutil.rmtree(output_dir, ignore_errors=True)
+        eval_args = eval_args.model_copy(update={"output_dir": str(output_dir)})
+        logger.info("evaluating column %s into %s", column, output_dir)
+        results[column] = run_evaluation(eval_args, settings)
+    return results
+
+
+def build_table(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Return row -> column -> value, for the rows of the published ADGEN table."""
+    return {row: {column: result[key] for column, result in results.items()} for row, key in ROWS.items()}
+
+
+def format_markdown(table: dict[str, dict[str, float]], caption: str) -> str:
+    columns = list(next(iter(table.values())))
+    lines = [caption, "", "| | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for row, values in table.items():
+        lines.append(f"| {row} | " + " | ".join(f"{values[column]:.2f}" for column in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(output_dir: Path, table: dict, caption: str, details: dict[str, Any]) -> str:
+    """Write the table as Markdown and JSON in `output_dir`; return the Markdown."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    markdown = format_markdown(table, caption)
+    (output_dir / TABLE_MARKDOWN).write_text(markdown, encoding="utf-8")
+    document = {"columns": list(next(iter(table.values()))), "rows": table, **details}
+    (output_dir / TABLE_JSON).write_text(json.dumps(document, indent=2, ensure_ascii=False), encoding="utf-8")
+    return markdown
+
+
+def _eval_args(args: BenchmarkArgs, **fields: Any) -> EvalArgs:
+    return EvalArgs(
+        max_samples=args.samples,
+        source_prefix=args.source_prefix,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        max_new_tokens=args.max_new_tokens,
+        **fields,
+    )
+
+
+def dataset_columns(args: BenchmarkArgs, settings: Settings) -> dict[str, EvalArgs]:
+    """Return the evaluations of the `dataset` protocol: Original, then one per adapter."""
+    from shared.eval.predict import parse_checkpoints, select_model
+
+    if args.adapters:
+        adapters = parse_checkpoints(args.adapters)
+    else:
+        newest = find_newest_adapter(settings.adapters_dir)
+        adapters = [str(newest)] if newest else []
+        if not adapters:
+            logger.warning(
+                "no adapter under %s; the table has the Original column only", settings.adapters_dir
+            )
+    base = args.model_name_or_path
+    if adapters and not base:
+        # The Original column uses the base the first adapter was trained on.
+        base = select_model(EvalArgs(checkpoint_dir=adapters[0]), settings).model_path
+    shared_fields = {"dataset": args.dataset, "dataset_dir": args.dataset_dir}
+    columns = {ORIGINAL: _eval_args(args, model_name_or_path=base, **shared_fields)}
+    for adapter in adapters:
+        columns[column_name(adapter)] = _eval_args(
+            args, model_name_or_path=args.model_name_or_path, checkpoint_dir=adapter, **shared_fields
+        )
+    return columns
+
+
+def split_dev_file(dev_file: Path, eval_samples: int, data_dir: Path) -> tuple[int, int]:
+    """Write the training lines and the last `eval_samples` lines of `dev_file` as a dataset registry."""
+    if not dev_file.is_file():
+        raise BenchmarkError(
+            f"--dev_file {str(dev_file)!r} not found; pass the ADGEN dev.json (`make eval ADGEN_DEV=...`)"
+        )
+    lines = [line for line in dev_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if len(lines) <= eval_samples:
+        raise BenchmarkError(
+            f"--dev_file {dev_file} has {len(lines)} lines; holding out --samples {eval_samples} "
+            "leaves none to train on"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "train.json").write_text("\n".join(lines[:-eval_samples]) + "\n", encoding="utf-8")
+    (data_dir / "eval.json").write_text("\n".join(lines[-eval_samples:]) + "\n", encoding="utf-8")
+    registry = {
+        HELDOUT_TRAIN: {"file_name": "train.json", "columns": ADGEN_COLUMNS},
+        HELDOUT_EVAL: {"file_name": "eval.json", "columns": ADGEN_COLUMNS},
+    }
+    (data_dir / "dataset_info.json").write_text(json.dumps(registry, indent=2), encoding="utf-8")
+    return len(lines) - eval_samples, eval_samples
+
+
+def train_heldout_adapter(args: BenchmarkArgs, work_dir: Path, settings: Settings) -> tuple[Path, Path, dict]:
+    """Build a tiny model from the training lines and train its LoRA; return model, adapter, metrics."""
+    from shared.hparams import TrainArgs
+    from shared.modeling.tiny import build_tiny_model, corpus_texts
+    from shared.train.workflow import run_training
+
+    data_dir = work_dir / "data"
+    model_dir = work_dir / "tiny-glm"
+    adapter_dir = work_dir / "adgen_lora"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    build_tiny_model(model_dir, corpus_texts(data_dir, HELDOUT_TRAIN), "glm")
+    train_args = TrainArgs(
+        dataset=HELDOUT_TRAIN,
+        dataset_dir=str(data_dir),
+        model_name_or_path=str(model_dir),
+        output_dir=str(adapter_dir),
+        overwrite_output_dir=True,
+        finetuning_type="lora",
+        lora_rank=args.lora_rank,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="cosine",
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        logging_steps=max(args.max_steps // 10, 1),
+        save_steps=args.max_steps,
+        save_total_limit=1,
+        source_prefix=args.source_prefix,
+    )
+    metrics = run_training(train_args, settings)
+    return model_dir, adapter_dir, metrics
+
+
+def heldout_columns(
+    args: BenchmarkArgs, work_dir: Path, settings: Settings
+) -> tuple[dict[str, EvalArgs], dict]:
+    """Split the dev file, train the LoRA and return the evaluations of the `heldout` protocol."""
+    train_lines, eval_lines = split_dev_file(Path(args.dev_file), args.samples, work_dir / "data")
+    logger.info("held out the last %d lines of %s; training on %d", eval_lines, args.dev_file, train_lines)
+    started = time.monotonic()
+    model_dir, adapter_dir, metrics = train_heldout_adapter(args, work_dir, settings)
+    shared_fields = {
+        "dataset": HELDOUT_EVAL,
+        "dataset_dir": str(work_dir / "data"),
+        "model_name_or_path": str(model_dir),
+    }
+    columns = {
+        ORIGINAL: _eval_args(args, **shared_fields),
+        column_name(str(adapter_dir)): _eval_args(args, checkpoint_dir=str(adapter_dir), **shared_fields),
+    }
+    training = {
+        "dev_file": str(Path(args.dev_file).resolve()),
+        "train_lines": train_lines,
+        "heldout_lines": eval_lines,
+        "max_steps": args.max_steps,
+        "learning_rate": args.learning_rate,
+        "lr_scheduler_type": "cosine",
+        "lora_rank": args.lora_rank,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "train_loss": metrics.get("train_loss"),
+        "train_seconds": round(time.monotonic() - started, 1),
+    }
+    return columns, training
+
+
+def run_benchmark(args: BenchmarkArgs, settings: Settings | None = None) -> dict[str, Any]:
+    """Evaluate every column, write the table files and return the JSON document written."""
+    settings = settings or get_settings()
+    output_dir = Path(args.output_dir) if args.output_dir else settings.results_dir / "benchmark"
+    started = time.monotonic()
+    details: dict[str, Any] = {"protocol": args.protocol, "samples": args.samples}
+    if args.protocol == "heldout":
+        columns, details["training"] = heldout_columns(args, output_dir / "heldout", settings)
+        details["dataset"] = str(Path(args.dev_file).resolve())
+    else:
+        columns = dataset_columns(args, settings)
+        details["dataset"] = args.dataset
+
+    results = evaluate_columns(columns, output_dir / "runs", settings)
+    first = next(iter(results.values()))
+    details["decoding"] = {
+        key: first[key]
+        for key in ("do_sample", "max_new_tokens", "per_device_eval_batch_size", "seed", "source_prefix")
+    }
+    details["models"] = {
+        column: {key: result[key] for key in ("model_path", "checkpoint_dir")}
+        for column, result in results.items()
+    }
+    details["runtime_seconds"] = round(time.monotonic() - started, 1)
+    table = build_table(results)
+    caption = (
+        f"ADGEN table ({args.protocol} protocol): {first['predict_samples']} samples of {details['dataset']}, "
+        f"greedy decoding, max_new_tokens {args.max_new_tokens}, scores x100."
+    )
+    markdown = write_table(output_dir, table, caption, details)
+    logger.info(
+        "wrote %s and %s in %.1f s", output_dir / TABLE_MARKDOWN, TABLE_JSON, details["runtime_seconds"]
+    )
+    return {"columns": list(results), "rows": table, "markdown": markdown, **details}
+
+
+def main(argv: list[str]) -> int:
+    from shared.data.registry import DatasetError
+    from shared.eval.predict import EvaluationSetupError
+    from shared.logs import setup_logging
+    from shared.train.workflow import TrainingSetupError
+
+    parser = argparse.ArgumentParser(
+        prog="adgen benchmark", description="Evaluate Original and fine-tuned models; print the ADGEN table."
+    )
+    add_model_arguments(parser, BenchmarkArgs)
+    args = parse_model(parser, BenchmarkArgs, argv)
+    setup_logging()
+    try:
+        document = run_benchmark(args)
+    except (BenchmarkError, EvaluationSetupError, DatasetError, TrainingSetupError) as error:
+        print(f"adgen benchmark: error: {error}", file=sys.stderr)
+        return 2
+    print(document["markdown"])
+    return 0
