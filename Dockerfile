@@ -57,9 +57,9 @@ RUN groupadd --gid "${APP_UID}" adgen \
 # Numeric, so a runtime can check that the user is not root without reading /etc/passwd.
 USER ${APP_UID}:${APP_UID}
 
-# CUDA and rq workers: `adgen worker` runs jobs in a work-horse child process that rq forks per
-# job, and CUDA cannot be used in a child forked after its parent initialised CUDA. So the worker's
-# parent process never imports torch, and each job loads the model and initialises CUDA in its own
-# child, whose exit also frees the GPU memory of a failed job.
+# CUDA and rq workers: `adgen worker` runs each job in a fresh work process that rq's SpawnWorker
+# starts with posix_spawn. The worker's parent process never imports torch, so it holds no CUDA
+# context, and each job loads the model and initialises CUDA in its own process, whose exit frees
+# the GPU memory of a finished or failed job.
 EXPOSE 8000
 CMD ["adgen", "serve", "--host", "0.0.0.0", "--port", "8000"]

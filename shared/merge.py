@@ -76,7 +76,9 @@ def check_adapter_folder(adapter_dir: Path) -> dict:
         )
     config = json.loads(config_path.read_text(encoding="utf-8"))
     if config.get("peft_type") != "LORA":
-        raise MergeError(f"{adapter_dir} holds a {config.get('peft_type')} adapter; only LoRA can be merged")
+        raise MergeError(
+            f"{adapter_dir} contains a {config.get('peft_type')} adapter, but only LoRA adapters can be merged"
+        )
     return config
 
 

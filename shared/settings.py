@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.jobs.constants import DEFAULT_EVAL_JOB_TIMEOUT, DEFAULT_TRAIN_JOB_TIMEOUT
+
 TINY_MODEL_NAME = "tiny-glm"
 
 
@@ -44,10 +46,14 @@ class Settings(BaseSettings):
         16, ge=0, le=1024, description="Requests that may wait for a free generation slot before 429."
     )
     train_job_timeout: int = Field(
-        24 * 3600, ge=60, description="Seconds a training job may run before the worker stops it."
+        DEFAULT_TRAIN_JOB_TIMEOUT,
+        ge=60,
+        description="Seconds a training job may run before the worker stops it.",
     )
     eval_job_timeout: int = Field(
-        6 * 3600, ge=60, description="Seconds an evaluation job may run before the worker stops it."
+        DEFAULT_EVAL_JOB_TIMEOUT,
+        ge=60,
+        description="Seconds an evaluation job may run before the worker stops it.",
     )
     hf_home: Path | None = Field(None, description="Hugging Face cache folder (HF_HOME).")
 

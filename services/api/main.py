@@ -28,10 +28,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis_address = app.state.redis.connection_pool.connection_kwargs
         logger.info(
-            "adgen API %s starting (redis %s, volumes %s)",
+            "adgen API %s starting (redis %s:%s, volumes %s)",
             __version__,
-            settings.redis_url,
+            redis_address.get("host"),
+            redis_address.get("port"),
             settings.volumes_dir,
         )
         async with AsyncExitStack() as stack:

@@ -187,15 +187,22 @@ class ChatCompletionRequest(BaseModel):
         )
 
     def conversation(self) -> tuple[str | None, list[tuple[str, str]], str]:
-        """Split the messages into the system text, earlier (user, assistant) turns and the prompt."""
+        """Split the messages into the system text, earlier (user, assistant) turns and the prompt.
+
+        Consecutive messages of one role are joined with a newline, and an assistant turn with no
+        user turn before it gets an empty user turn, so no text is dropped.
+        """
         system = "\n".join(message.text() for message in self.messages if message.role == "system") or None
-        turns = [message for message in self.messages[:-1] if message.role != "system"]
         history: list[tuple[str, str]] = []
-        pending_user: str | None = None
-        for message in turns:
+        user: str | None = None
+        for message in self.messages[:-1]:
             if message.role == "user":
-                pending_user = message.text()
-            elif pending_user is not None:
-                history.append((pending_user, message.text()))
-                pending_user = None
-        return system, history, self.messages[-1].text()
+                user = message.text() if user is None else f"{user}\n{message.text()}"
+            elif message.role == "assistant":
+                if user is None and history:
+                    history[-1] = (history[-1][0], f"{history[-1][1]}\n{message.text()}")
+                else:
+                    history.append((user or "", message.text()))
+                user = None
+        prompt = self.messages[-1].text()
+        return system, history, prompt if user is None else f"{user}\n{prompt}"

@@ -49,6 +49,9 @@ ROWS = {
 }
 HELDOUT_TRAIN = "heldout_train"
 HELDOUT_EVAL = "heldout_eval"
+HELDOUT_BASE = "heldout_base"
+# Prompt of the base model's training: the ADGEN instruction without tags.
+BASE_PROMPT = ADGEN_SOURCE_PREFIX
 ADGEN_COLUMNS = {"prompt": "content", "query": "", "response": "summary", "history": ""}
 
 
@@ -93,7 +96,16 @@ class BenchmarkArgs(BaseModel):
     )
     per_device_eval_batch_size: int = Field(8, ge=1, le=1024, description="Prompts generated together.")
     max_new_tokens: int = Field(256, ge=1, le=8192, description="Tokens generated at most per prompt.")
-    max_steps: int = Field(600, ge=1, description="`heldout`: LoRA training updates.")
+    base_steps: int = Field(
+        300,
+        ge=0,
+        description="`heldout`: updates of all weights of the fresh tiny model on the training ad copy "
+        "without tags, standing in for pretraining; 0 keeps it random.",
+    )
+    base_learning_rate: float = Field(
+        2e-3, gt=0, le=1, description="`heldout`: peak learning rate of the base."
+    )
+    max_steps: int = Field(200, ge=1, description="`heldout`: LoRA training updates.")
     learning_rate: float = Field(
         2e-3, gt=0, le=1, description="`heldout`: peak learning rate (cosine schedule)."
     )
@@ -191,7 +203,13 @@ def dataset_columns(args: BenchmarkArgs, settings: Settings) -> dict[str, EvalAr
 
 
 def split_dev_file(dev_file: Path, eval_samples: int, data_dir: Path) -> tuple[int, int]:
-    """Write the training lines and the last `eval_samples` lines of `dev_file` as a dataset registry."""
+    """Register the training lines and the last `eval_samples` lines of `dev_file` in `data_dir`.
+
+    A third dataset, `heldout_base`, pairs each training response with the source prefix alone, so
+    the base model learns to write ad copy without seeing any tags.
+    """
+    from shared.data.registry import load_examples
+
     if not dev_file.is_file():
         raise BenchmarkError(
             f"--dev_file {str(dev_file)!r} not found; pass the ADGEN dev.json (`make eval ADGEN_DEV=...`)"
@@ -208,55 +226,90 @@ def split_dev_file(dev_file: Path, eval_samples: int, data_dir: Path) -> tuple[i
     registry = {
         HELDOUT_TRAIN: {"file_name": "train.json", "columns": ADGEN_COLUMNS},
         HELDOUT_EVAL: {"file_name": "eval.json", "columns": ADGEN_COLUMNS},
+        HELDOUT_BASE: {"file_name": "base.json", "columns": ADGEN_COLUMNS},
     }
     (data_dir / "dataset_info.json").write_text(json.dumps(registry, indent=2), encoding="utf-8")
+    base_lines = [
+        json.dumps({"content": BASE_PROMPT, "summary": example.response}, ensure_ascii=False)
+        for example in load_examples(HELDOUT_TRAIN, data_dir)
+    ]
+    (data_dir / "base.json").write_text("\n".join(base_lines) + "\n", encoding="utf-8")
     return len(lines) - eval_samples, eval_samples
 
 
-def train_heldout_adapter(args: BenchmarkArgs, work_dir: Path, settings: Settings) -> tuple[Path, Path, dict]:
-    """Build a tiny model from the training lines and train its LoRA; return model, adapter, metrics."""
+def _heldout_train_args(args: BenchmarkArgs, **fields: Any):
     from shared.hparams import TrainArgs
+
+    return TrainArgs(
+        overwrite_output_dir=True,
+        lr_scheduler_type="cosine",
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        logging_steps=max(fields["max_steps"] // 10, 1),
+        save_steps=fields["max_steps"] + 1,  # No checkpoint folders: only the final model is used.
+        **fields,
+    )
+
+
+def build_heldout_base(args: BenchmarkArgs, work_dir: Path, settings: Settings) -> tuple[Path, dict]:
+    """Build a tiny model from the training lines, then train all its weights on their ad copy."""
     from shared.modeling.tiny import build_tiny_model, corpus_texts
     from shared.train.workflow import run_training
 
     data_dir = work_dir / "data"
-    model_dir = work_dir / "tiny-glm"
-    adapter_dir = work_dir / "adgen_lora"
-    shutil.rmtree(model_dir, ignore_errors=True)
-    build_tiny_model(model_dir, corpus_texts(data_dir, HELDOUT_TRAIN), "glm")
-    train_args = TrainArgs(
-        dataset=HELDOUT_TRAIN,
+    initial_dir = work_dir / "tiny-glm-init"
+    shutil.rmtree(initial_dir, ignore_errors=True)
+    build_tiny_model(initial_dir, corpus_texts(data_dir, HELDOUT_TRAIN), "glm")
+    if not args.base_steps:
+        return initial_dir, {}
+    base_dir = work_dir / "tiny-glm"
+    train_args = _heldout_train_args(
+        args,
+        dataset=HELDOUT_BASE,
         dataset_dir=str(data_dir),
-        model_name_or_path=str(model_dir),
+        model_name_or_path=str(initial_dir),
+        output_dir=str(base_dir),
+        finetuning_type="full",
+        learning_rate=args.base_learning_rate,
+        max_steps=args.base_steps,
+    )
+    return base_dir, run_training(train_args, settings)
+
+
+def train_heldout_adapter(
+    args: BenchmarkArgs, work_dir: Path, base_dir: Path, settings: Settings
+) -> tuple[Path, dict]:
+    """Train the LoRA adapter of the `heldout` protocol on the training lines, tags included."""
+    from shared.train.workflow import run_training
+
+    adapter_dir = work_dir / "adgen_lora"
+    train_args = _heldout_train_args(
+        args,
+        dataset=HELDOUT_TRAIN,
+        dataset_dir=str(work_dir / "data"),
+        model_name_or_path=str(base_dir),
         output_dir=str(adapter_dir),
-        overwrite_output_dir=True,
         finetuning_type="lora",
         lora_rank=args.lora_rank,
         learning_rate=args.learning_rate,
-        lr_scheduler_type="cosine",
         max_steps=args.max_steps,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        logging_steps=max(args.max_steps // 10, 1),
-        save_steps=args.max_steps,
-        save_total_limit=1,
         source_prefix=args.source_prefix,
     )
-    metrics = run_training(train_args, settings)
-    return model_dir, adapter_dir, metrics
+    return adapter_dir, run_training(train_args, settings)
 
 
 def heldout_columns(
     args: BenchmarkArgs, work_dir: Path, settings: Settings
 ) -> tuple[dict[str, EvalArgs], dict]:
-    """Split the dev file, train the LoRA and return the evaluations of the `heldout` protocol."""
+    """Split the dev file, train the base and the LoRA, and return the evaluations of `heldout`."""
     train_lines, eval_lines = split_dev_file(Path(args.dev_file), args.samples, work_dir / "data")
     logger.info("held out the last %d lines of %s; training on %d", eval_lines, args.dev_file, train_lines)
     started = time.monotonic()
-    model_dir, adapter_dir, metrics = train_heldout_adapter(args, work_dir, settings)
+    base_dir, base_metrics = build_heldout_base(args, work_dir, settings)
+    adapter_dir, lora_metrics = train_heldout_adapter(args, work_dir, base_dir, settings)
     shared_fields = {
         "dataset": HELDOUT_EVAL,
         "dataset_dir": str(work_dir / "data"),
-        "model_name_or_path": str(model_dir),
+        "model_name_or_path": str(base_dir),
     }
     columns = {
         ORIGINAL: _eval_args(args, **shared_fields),
@@ -266,12 +319,15 @@ def heldout_columns(
         "dev_file": str(Path(args.dev_file).resolve()),
         "train_lines": train_lines,
         "heldout_lines": eval_lines,
+        "base_steps": args.base_steps,
+        "base_learning_rate": args.base_learning_rate,
+        "base_train_loss": base_metrics.get("train_loss"),
         "max_steps": args.max_steps,
         "learning_rate": args.learning_rate,
         "lr_scheduler_type": "cosine",
         "lora_rank": args.lora_rank,
         "per_device_train_batch_size": args.per_device_train_batch_size,
-        "train_loss": metrics.get("train_loss"),
+        "train_loss": lora_metrics.get("train_loss"),
         "train_seconds": round(time.monotonic() - started, 1),
     }
     return columns, training

@@ -28,7 +28,16 @@ def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
 
 
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    layers = []
+    for layer in cache.layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
+            raise TypeError(
+                f"cache layer {type(layer).__name__} has no key/value tensors; batching supports "
+                "full-attention models only"
+            )
+        layers.append((keys, values))
+    return layers
 
 
 class DecodeBatch:
@@ -36,6 +45,7 @@ class DecodeBatch:
 
     def __init__(self, served: ServedModel) -> None:
         self.served = served
+        self.device = served.model.device
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # [rows, cached tokens], 0 on left padding.
         self.next_tokens: torch.Tensor | None = None  # [rows], the input of the next step.
@@ -61,15 +71,15 @@ class DecodeBatch:
     def prefill(self, prompt_ids: list[int]) -> tuple[DynamicCache, torch.Tensor]:
         """Run one prompt alone; return its cache and the logits of its next token."""
         cache = DynamicCache(config=self.served.model.config)
-        logits = self._forward(input_ids=torch.tensor([prompt_ids]), cache=cache)
+        logits = self._forward(input_ids=torch.tensor([prompt_ids], device=self.device), cache=cache)
         return cache, logits[0]
 
     def add(self, cache: DynamicCache, first_token: int) -> None:
         """Append a prefilled request as the last row; `first_token` is its next input."""
         new_layers = _layers(cache)
         new_length = new_layers[0][0].shape[2]
-        new_mask = torch.ones(1, new_length, dtype=torch.long)
-        token = torch.tensor([first_token])
+        new_mask = torch.ones(1, new_length, dtype=torch.long, device=self.device)
+        token = torch.tensor([first_token], device=self.device)
         if self.cache is None or self.mask is None or self.next_tokens is None:
             self.cache, self.mask, self.next_tokens = cache, new_mask, token
             return
@@ -90,8 +100,9 @@ class DecodeBatch:
         if not rows:
             self.cache = self.mask = self.next_tokens = None
             return
-        assert self.cache is not None and self.mask is not None and self.next_tokens is not None
-        index = torch.tensor(rows)
+        if self.cache is None or self.mask is None or self.next_tokens is None:
+            raise RuntimeError("keep() called on an empty batch")
+        index = torch.tensor(rows, device=self.device)
         mask = self.mask[index]
         first_used = int(mask.any(dim=0).nonzero()[0])
         self.mask = mask[:, first_used:]
@@ -106,7 +117,8 @@ class DecodeBatch:
     @torch.inference_mode()
     def step(self) -> torch.Tensor:
         """Feed every row its next token; return the logits of the following one, [rows, vocab]."""
-        assert self.cache is not None and self.mask is not None and self.next_tokens is not None
+        if self.cache is None or self.mask is None or self.next_tokens is None:
+            raise RuntimeError("step() called on an empty batch")
         rows = self.size
         positions = self.mask.sum(dim=1, keepdim=True)
         mask = F.pad(self.mask, (0, 1), value=1)
@@ -118,4 +130,4 @@ class DecodeBatch:
         return logits
 
     def set_next(self, tokens: list[int]) -> None:
-        self.next_tokens = torch.tensor(tokens, dtype=torch.long)
+        self.next_tokens = torch.tensor(tokens, dtype=torch.long, device=self.device)

@@ -4,12 +4,12 @@ Design:
 
 - `Engine(settings)` loads nothing. `load()` (blocking) or `load_in_background()` loads a model
   through shared.modeling.loader and starts the scheduler thread on first use, so the API
-  answers /healthz while the weights load.
+  serves /healthz while the weights load.
 - `submit()` encodes the prompt with the training template (build_messages / encode_prompt and
   a source prefix, ADGEN's by default), checks it against the model's context, and queues it.
   Every check that can fail happens there, before the caller starts streaming.
-- Requests decode together in one batch (see shared.inference.scheduler); at most
-  MAX_CONCURRENT_STREAMS run and MAX_QUEUED_STREAMS wait, beyond that `submit` raises EngineBusy.
+- Requests decode together in one batch (see shared.inference.scheduler). At most
+  MAX_CONCURRENT_STREAMS run and MAX_QUEUED_STREAMS wait; beyond that `submit` raises EngineBusy.
 - A reload swaps the served model once the new one is loaded. Requests already submitted finish
   on the model they started with.
 """
@@ -65,7 +65,7 @@ class EngineStatus:
     path: str | None
     loaded_at: float | None
     loading: str | None  # The source being loaded, during a load or reload.
-    error: str | None  # Why the last load failed, until a load succeeds.
+    error: str | None  # Message of the last failed load, cleared when a load succeeds.
     running: int
     waiting: int
     max_concurrent: int
@@ -89,6 +89,8 @@ class Engine:
         from shared.inference.scheduler import Scheduler
 
         with self._state_lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed; create a new Engine to load a model")
             if self._scheduler is None:
                 self._scheduler = Scheduler(
                     self.settings.max_concurrent_streams, self.settings.max_queued_streams
@@ -178,10 +180,10 @@ class Engine:
         return handle
 
     def _not_ready_reason(self) -> str:
-        if self._error:
-            return f"no model is loaded: {self._error}"
         if self._loading:
             return f"the model {self._loading} is still loading; retry in a few seconds"
+        if self._error:
+            return f"no model is loaded: {self._error}"
         return "no model is loaded; load one with POST /v1/models/load"
 
     def status(self) -> EngineStatus:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """How one request decodes; the API validates the same bounds in its request schemas."""
+    """Decoding settings of one request; the API validates the same bounds in its request schemas."""
 
     max_new_tokens: int = 512
     do_sample: bool = True

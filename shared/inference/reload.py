@@ -1,8 +1,8 @@
 """Hot reload from Redis: a thread that loads the model a message on MODEL_RELOAD_CHANNEL names.
 
 A message is JSON `{"path": "...", "name": "..."}` (the serve follow-up of a training job sends
-both; the path wins). Pub/sub delivers only to subscribers connected at publish time, so a
-message sent while Redis or the API is down is lost; the API then keeps its current model.
+both; the path wins). Pub/sub delivers only to subscribers connected at publish time. A message
+sent while Redis or the API is down is therefore lost, and the API keeps its current model.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ class Generation:
         self._async_events: asyncio.Queue[Event] | None = asyncio.Queue() if loop is not None else None
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.on_cancel = lambda: None  # Set by the scheduler to wake itself up.
-        # Called on the scheduler thread with the last event, also when nobody reads the events.
+        # Called on the scheduler thread with the last event, also when the caller stopped reading events.
         self._on_finish = on_finish
 
     @property
@@ -119,7 +119,7 @@ class Generation:
             return
         try:
             self._loop.call_soon_threadsafe(self._async_events.put_nowait, event)
-        except RuntimeError:  # The caller's event loop is closed: nobody is listening any more.
+        except RuntimeError:  # The caller's event loop is closed, so no one reads the events any more.
             self._cancelled.set()
 
     def _report_finish(self, event: DoneEvent | ErrorEvent) -> None:

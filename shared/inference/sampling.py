@@ -18,12 +18,12 @@ from shared.inference.params import GenerationParams
 class TokenSampler:
     """Choose the next token of one request from its row of logits."""
 
-    def __init__(self, params: GenerationParams, prompt_ids: list[int]) -> None:
+    def __init__(self, params: GenerationParams, prompt_ids: list[int], device: torch.device) -> None:
         self.params = params
-        self._seen = torch.tensor(sorted(set(prompt_ids)), dtype=torch.long)
+        self._seen = torch.tensor(sorted(set(prompt_ids)), dtype=torch.long, device=device)
         self._generator = None
         if params.do_sample:
-            self._generator = torch.Generator().manual_seed(
+            self._generator = torch.Generator(device=device).manual_seed(
                 params.seed if params.seed is not None else random.getrandbits(63)
             )
 
@@ -34,7 +34,7 @@ class TokenSampler:
 
     def record(self, token_id: int) -> None:
         if self.params.repetition_penalty != 1.0 and not bool((self._seen == token_id).any()):
-            self._seen = torch.cat([self._seen, torch.tensor([token_id])])
+            self._seen = torch.cat([self._seen, self._seen.new_tensor([token_id])])
 
     def choose(self, logits: torch.Tensor) -> int:
         """Return the next token id from a 1-D float tensor of logits over the vocabulary."""

@@ -117,16 +117,16 @@ class Scheduler:
         request = _Request(
             handle=handle,
             served=served,
-            sampler=TokenSampler(handle.params, handle.prompt_ids),
+            sampler=TokenSampler(handle.params, handle.prompt_ids, served.model.device),
             detokenizer=IncrementalDetokenizer(served.tokenizer),
         )
+        handle.on_cancel = self._wake.set
         with self._lock:
             if self._stopping:
                 raise EngineBusy(self._running, len(self._waiting))
             if self._running + len(self._waiting) >= self.max_concurrent + self.max_queued:
                 raise EngineBusy(self._running, len(self._waiting))
             self._waiting.append(request)
-        handle.on_cancel = self._wake.set
         self._wake.set()
 
     def _run(self) -> None:
@@ -134,16 +134,24 @@ class Scheduler:
             self._wake.clear()
             if self._stopping:
                 break
-            self._drop_cancelled_waiting()
-            self._admit()
-            if not self._groups:
-                self._wake.wait()
-                continue
-            for key, group in list(self._groups.items()):
-                self._step(group)
-                if not group.rows:
-                    del self._groups[key]
+            try:
+                self._turn()
+            except Exception as error:  # A bug here must not stop the thread, or every request would hang.
+                logger.exception("scheduler turn failed; ending all current generations")
+                self._fail_all(f"generation failed: {error}")
         self._fail_all("the server is shutting down")
+
+    def _turn(self) -> None:
+        """Admit waiting requests, then run one decode step per model, or sleep when idle."""
+        self._drop_cancelled_waiting()
+        self._admit()
+        if not self._groups:
+            self._wake.wait()
+            return
+        for key, group in list(self._groups.items()):
+            self._step(group)
+            if not group.rows:
+                del self._groups[key]
 
     def _drop_cancelled_waiting(self) -> None:
         with self._lock:
@@ -168,15 +176,16 @@ class Scheduler:
         try:
             cache, logits = group.batch.prefill(request.handle.prompt_ids)
             token = request.sampler.choose(logits)
+            reason = request.accept(token)
+            if reason is None:
+                group.batch.add(cache, token)
         except Exception as error:  # Reported to this request's caller; other requests go on.
             logger.exception("prefill of generation %s failed", request.handle.id)
             self._end(request, error=f"generation failed: {error}")
             return
-        reason = request.accept(token)
         if reason is not None:
             self._end(request, reason)
             return
-        group.batch.add(cache, token)
         group.rows.append(request)
         self._groups[key] = group
 
@@ -244,13 +253,5 @@ class Scheduler:
             for request in group.rows:
                 self._end(request, error=message)
         self._groups.clear()
-
-
-def wait_idle(scheduler: Scheduler, timeout: float) -> bool:
-    """Poll until nothing runs or waits; return whether that happened within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while scheduler.running or scheduler.waiting:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+        with self._lock:
+            self._running = 0  # Runs between turns, when every running request is in a group.

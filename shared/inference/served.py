@@ -1,8 +1,8 @@
 """Which model the engine serves and how it is loaded: merged weights, a base, or base + adapter.
 
 At start-up the engine serves SERVED_MODEL when set, else the newest merged folder under the
-merged volume, else BASE_MODEL. A hot reload names a folder by path or by name; either must lie
-inside VOLUMES_DIR, so a remote caller cannot make the API read arbitrary folders.
+merged volume, else BASE_MODEL. A hot reload names a folder by path or by name. Either must lie
+inside VOLUMES_DIR, so that a remote caller cannot make the API read arbitrary folders.
 """
 
 from __future__ import annotations
@@ -63,8 +63,14 @@ def newest_merged_model(settings: Settings) -> Path | None:
 
 
 def startup_source(settings: Settings) -> str:
-    """Return what to serve at start-up: SERVED_MODEL, else the newest merged model, else BASE_MODEL."""
+    """Return what to serve at start-up: SERVED_MODEL, else the newest merged model, else BASE_MODEL.
+
+    SERVED_MODEL may also be the name of a folder under the merged volume.
+    """
     if settings.served_model:
+        named = settings.merged_dir / settings.served_model
+        if not Path(settings.served_model).is_dir() and named.is_dir():
+            return str(named)
         return settings.served_model
     newest = newest_merged_model(settings)
     return str(newest) if newest is not None else settings.base_model
@@ -115,7 +121,10 @@ def load_served_model(source: str, settings: Settings, base_model: str | None = 
     from shared.merge import TOKENIZER_FILES, resolve_adapter_base
     from shared.modeling.loader import load_model, load_tokenizer, resolve_model
 
-    folder = Path(source)
+    device, dtype = serving_device()
+    folder = Path(source).expanduser()
+    if (folder.is_absolute() or source.startswith(".")) and not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} not found")  # Not a hub id: do not ask the hub.
     base = None
     if (
         folder.is_dir()
@@ -131,7 +140,7 @@ def load_served_model(source: str, settings: Settings, base_model: str | None = 
         path = resolve_model(source, settings)
         model = load_model(path)
         tokenizer = load_tokenizer(path)
-    model.eval()
+    model = model.to(device=device, dtype=dtype).eval()
     name = Path(path).name if Path(path).is_dir() else path
     return ServedModel(
         name=name,
@@ -146,6 +155,19 @@ def load_served_model(source: str, settings: Settings, base_model: str | None = 
         accepts_logits_to_keep="logits_to_keep" in inspect.signature(model.forward).parameters,
         base=base,
     )
+
+
+def serving_device():
+    """Return the device and dtype to serve on: the first CUDA GPU in bfloat16 (float16 without
+    bfloat16 support), else the CPU in float32.
+    """
+    import torch
+
+    # NOTE: the GPU path has not run in this project's tests, which have no GPU.
+    if torch.cuda.is_available():
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.device("cuda"), dtype
+    return torch.device("cpu"), torch.float32
 
 
 def _stop_token_ids(model, tokenizer) -> frozenset[int]:

@@ -1,7 +1,8 @@
 """`adgen infer`: type product tags, watch the ad copy stream in; `exit` or Ctrl-D quits.
 
-Like the original tools' terminal demo, but each answer stands alone (ad copy needs no chat
-history). Ctrl-C during an answer stops that answer; at the prompt it quits.
+Like the original tools' terminal demo, except that each response is generated without the
+earlier turns, because ad copy needs no chat history. Ctrl-C stops a response while it streams,
+and quits at the prompt.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from shared.argparsing import str_to_bool
 from shared.hparams import ADGEN_SOURCE_PREFIX
 from shared.inference.params import GenerationParams
 
@@ -16,7 +18,6 @@ EXIT_WORDS = {"exit", "quit"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = GenerationParams()
     parser = argparse.ArgumentParser(prog="adgen infer", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--model",
@@ -29,31 +30,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--source_prefix", default=ADGEN_SOURCE_PREFIX, help="Text put before the tags (default: ADGEN's)."
     )
-    parser.add_argument(
-        "--max_new_tokens", type=int, default=defaults.max_new_tokens, help="Tokens per answer."
+
+    defaults = GenerationParams()
+    generation = parser.add_argument_group("generation")
+    generation.add_argument(
+        "--max_new_tokens", type=int, default=defaults.max_new_tokens, help="Maximum new tokens per response."
     )
-    parser.add_argument(
+    generation.add_argument(
         "--do_sample",
-        type=lambda text: text.lower() in {"1", "true", "yes"},
+        type=str_to_bool,
+        nargs="?",
+        const=True,
         default=defaults.do_sample,
         metavar="BOOL",
         help="Sample (true) or decode greedily (false).",
     )
-    parser.add_argument(
+    generation.add_argument(
         "--temperature", type=float, default=defaults.temperature, help="Sampling temperature."
     )
-    parser.add_argument("--top_p", type=float, default=defaults.top_p, help="Nucleus sampling mass.")
-    parser.add_argument(
+    generation.add_argument("--top_p", type=float, default=defaults.top_p, help="Nucleus sampling mass.")
+    generation.add_argument(
         "--repetition_penalty",
         type=float,
         default=defaults.repetition_penalty,
         help="Above 1 discourages repeats.",
     )
-    parser.add_argument("--seed", type=int, help="Random seed of sampling; default: a new one per answer.")
+    generation.add_argument(
+        "--seed", type=int, help="Random seed of sampling; default: a new seed per response."
+    )
     return parser
 
 
-def _answer(engine, prompt: str, params: GenerationParams, source_prefix: str) -> None:
+def stream_response(engine, prompt: str, params: GenerationParams, source_prefix: str) -> None:
     from shared.inference.requests import ErrorEvent, TokenEvent
 
     handle = engine.submit(prompt, params, source_prefix=source_prefix or None)
@@ -115,7 +123,7 @@ def main(argv: list[str]) -> int:
             if not prompt:
                 continue
             try:
-                _answer(engine, prompt, params, args.source_prefix)
+                stream_response(engine, prompt, params, args.source_prefix)
             except ContextTooLong as error:
                 print(f"[error: {error}]\n")
     finally:

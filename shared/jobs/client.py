@@ -13,7 +13,7 @@ import re
 import time
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from redis import Redis
 from rq import Queue, Retry
@@ -21,6 +21,7 @@ from rq.callbacks import Callback
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry
+from rq.utils import as_text
 
 from shared.jobs.constants import (
     EVAL_JOB_FUNCTION,
@@ -75,11 +76,16 @@ def fetch_job(redis: Redis, job_id: str) -> Job:
 
 
 def enqueue(redis: Redis, job_type: JobType, spec: dict[str, Any], timeout: int, retries: int = 0) -> Job:
-    """Queue a job; `spec` is JSON-safe and holds no server path, the work process derives them."""
+    """Queue a job. `spec` is JSON-safe and contains no server path: the work process derives its
+    folders from its own settings."""
+    job_id = new_job_id()
+    # Sent first, so that the stream always starts with it, even if a worker starts the job at once.
+    publish_status(redis, job_id, "queued")
+    redis.zadd(JOB_INDEX_KEY, {job_id: time.time()})
     job = Queue(job_type, connection=redis).enqueue_call(
         _JOB_FUNCTIONS[job_type],
         args=(spec,),
-        job_id=new_job_id(),
+        job_id=job_id,
         timeout=timeout,
         result_ttl=RESULT_TTL,
         failure_ttl=FAILURE_TTL,
@@ -87,8 +93,6 @@ def enqueue(redis: Redis, job_type: JobType, spec: dict[str, Any], timeout: int,
         on_failure=Callback(FAILURE_CALLBACK),
         description=f"{job_type} job",
     )
-    redis.zadd(JOB_INDEX_KEY, {job.id: time.time()})
-    publish_status(redis, job.id, "queued")
     logger.info("job %s: queued on %s (timeout %d s, retries %d)", job.id, job_type, timeout, retries)
     return job
 
@@ -154,7 +158,7 @@ def list_jobs(
     redis: Redis, job_type: JobType | None = None, status: JobStatusName | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:
     """Describe the newest jobs first, optionally of one type and status; expired ids are dropped."""
-    ids = [raw.decode() for raw in redis.zrevrange(JOB_INDEX_KEY, 0, -1)]
+    ids = [as_text(raw) for raw in cast(list[bytes], redis.zrevrange(JOB_INDEX_KEY, 0, -1))]
     views = []
     for job_id, job in zip(ids, Job.fetch_many(ids, connection=redis), strict=True):
         if job is None:
@@ -195,11 +199,11 @@ def cancel(redis: Redis, job: Job) -> JobStatusName:
 
 
 def resume(redis: Redis, job: Job) -> None:
-    """Queue a failed or canceled training job again; it continues from its newest checkpoint."""
-    if job.origin != TRAIN_QUEUE:
-        raise JobStateError(
-            f"job {job.id} is an evaluation; only training jobs resume. Submit a new one with POST /v1/jobs/eval"
-        )
+    """Queue a failed or canceled job again under the same id and folders.
+
+    Training continues from its newest complete checkpoint, evaluation after its last complete
+    prediction.
+    """
     status = job_status(job)
     if status in {"queued", "started", "finished"}:
         raise JobStateError(f"job {job.id} is {status}; only failed or canceled jobs resume")

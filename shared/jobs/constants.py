@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-TRAIN_QUEUE = "train"
-EVAL_QUEUE = "eval"
+from typing import Final
+
+TRAIN_QUEUE: Final = "train"
+EVAL_QUEUE: Final = "eval"
 # A job's type is the name of the queue it runs on.
 JOB_TYPES = (TRAIN_QUEUE, EVAL_QUEUE)
 
@@ -22,18 +24,21 @@ DEFAULT_EVAL_JOB_TIMEOUT = 6 * 3600
 RESULT_TTL = 30 * 24 * 3600
 # Failed jobs stay as long, so a user back from a weekend can still read the error and resume.
 FAILURE_TTL = 30 * 24 * 3600
-# Upper bound of automatic retries a request may ask for; each retry resumes from the newest checkpoint.
+# Maximum automatic retries a request may set. Each retry resumes from the newest checkpoint.
 MAX_RETRIES = 5
 
 # The worker's parent heartbeats this often (seconds) while its work process runs a job.
 JOB_MONITORING_INTERVAL = 5
-# A started job whose worker missed heartbeats for this long past the interval is abandoned (seconds).
-# rq's own margin is 60 s; 15 s keeps "failed within a minute" with the reaper period below.
+# A started job is abandoned once its worker missed heartbeats for this long past the interval
+# (seconds). rq's own margin is 60 s, too long to fail a job within a minute with the reaper below.
 HEARTBEAT_GRACE = 15
 # How often the API looks for abandoned started jobs (seconds).
 REAPER_INTERVAL = 10
-# How often an idle worker cleans its queue's registries; rq's default of 10 minutes is too slow
-# to fail a job whose worker died while no API runs.
+# An idle worker wakes from its blocking dequeue every WORKER_TTL - 15 seconds to heartbeat (rq:
+# 420 s). It then also cleans its queue's registries, failing abandoned jobs, if
+# WORKER_MAINTENANCE_INTERVAL seconds passed since the last time (rq: 10 minutes). Both are short so
+# that workers fail a dead worker's job within minutes even while no API runs.
+WORKER_TTL = 60
 WORKER_MAINTENANCE_INTERVAL = 60
 
 # A job's run lock expires this long (seconds) after its work process stopped refreshing it.
@@ -41,13 +46,14 @@ RUN_LOCK_TTL = 30
 # The work process refreshes its run lock this often (seconds), well inside the TTL.
 RUN_LOCK_REFRESH = 10
 
-# Events kept per job stream: a few thousand steps of progress; older ones are trimmed (approximately).
+# Events kept per job stream, about two per training step. Redis trims older ones approximately
+# (MAXLEN ~), so a client that reconnects after a trimmed id resumes from the oldest event kept.
 EVENTS_MAXLEN = 5000
 # One blocking read of the event stream waits at most this long (milliseconds) before the job's
 # status is checked again.
 EVENTS_BLOCK_MS = 5000
 
-# Keys of the job system next to rq's own; `{id}` is the job id.
+# Keys of the job system next to rq's own, where `{id}` is the job id.
 JOB_INDEX_KEY = "adgen:jobs"
 JOB_STATE_KEY = "adgen:job:{id}:state"
 JOB_EVENTS_KEY = "adgen:job:{id}:events"

@@ -5,8 +5,8 @@ Three places see a failure, and each records it here:
 - the work process, when the job raises (rq runs the job's `on_failure` callback there);
 - the worker's parent, when its work process dies without reporting (`work_horse_killed_handler`),
   for example after SIGKILL from the kernel's out-of-memory killer;
-- whoever cleans rq's started-job registry (the API's reaper or a worker's maintenance), when a
-  job's worker stopped heartbeating; rq then runs `on_failure` with `AbandonedJobError`.
+- the process that cleans rq's started-job registry (the API's reaper or a worker's maintenance),
+  when a job's worker stopped heartbeating. rq then runs `on_failure` with `AbandonedJobError`.
 
 A job with automatic retries left is requeued by rq right after; it then gets a `queued` status
 event instead of `failed`. This module imports no torch: the worker's parent and the API load it.
@@ -24,7 +24,6 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from shared.jobs.constants import TRAIN_QUEUE
 from shared.jobs.locks import release_dead_holder
 from shared.jobs.progress import publish_status, update_state
 
@@ -36,7 +35,7 @@ JOB_TIMEOUT = "JobTimeout"
 
 def record_failure(job: Job, error_type: str, message: str) -> dict[str, str]:
     """Store the job's error and send a `failed` event, or `queued` when rq retries the job."""
-    if job.origin == TRAIN_QUEUE and error_type in {WORKER_DIED, JOB_TIMEOUT}:
+    if error_type in {WORKER_DIED, JOB_TIMEOUT}:
         message += f"; resume it with POST /v1/jobs/{job.id}/resume"
     error = {"type": error_type, "message": message}
     update_state(job.connection, job.id, error=error)

@@ -1,7 +1,7 @@
 """The run lock: at most one work process runs a given job, even across a resume or a retry.
 
 A killed work process cannot release its lock, so the lock expires RUN_LOCK_TTL seconds after its
-last refresh. The worker's parent releases it at once when it sees its work process die, so an
+last refresh. The worker's parent releases it at once when its work process dies, so an
 automatic retry does not wait for the expiry. The token names the host and process holding it.
 """
 

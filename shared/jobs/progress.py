@@ -47,12 +47,14 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def parse_event(entry_id: bytes | str, fields: dict) -> JobEvent:
-    """Build an event from one stream entry as XREAD or XRANGE return it."""
-    decoded = {_text(key): _text(value) for key, value in fields.items()}
-    return JobEvent(
-        id=_text(entry_id), kind=decoded.get("event", "log"), data=json.loads(decoded.get("data", "{}"))
-    )
+def parse_entries(entries: Any) -> list[JobEvent]:
+    """Build events from stream entries, as XRANGE returns them or XREAD per stream."""
+    events = []
+    for entry_id, fields in entries or []:
+        decoded = {_text(key): _text(value) for key, value in fields.items()}
+        data = json.loads(decoded.get("data", "{}"))
+        events.append(JobEvent(id=_text(entry_id), kind=decoded.get("event", "log"), data=data))
+    return events
 
 
 def publish_event(redis: Redis, job_id: str, kind: str, data: dict[str, Any]) -> str:
@@ -72,8 +74,7 @@ def publish_event(redis: Redis, job_id: str, kind: str, data: dict[str, Any]) ->
 
 def read_events(redis: Redis, job_id: str, after: str = STREAM_START, count: int = 1000) -> list[JobEvent]:
     """Return up to `count` events after the id `after`, oldest first, without blocking."""
-    entries = redis.xrange(events_key(job_id), min=f"({after}", max="+", count=count)
-    return [parse_event(entry_id, fields) for entry_id, fields in entries]
+    return parse_entries(redis.xrange(events_key(job_id), min=f"({after}", max="+", count=count))
 
 
 def update_state(redis: Redis, job_id: str, **values: Any) -> None:
@@ -121,8 +122,8 @@ class JobReporter:
 class EventLogHandler(logging.Handler):
     """Send log records of a job's work process as `log` events of that job.
 
-    A record that cannot be sent is dropped after one stderr line, so a Redis hiccup never fails
-    the training that logged it.
+    A record that cannot be sent is dropped after `logging.Handler.handleError` reports it on
+    stderr, so a Redis failure never fails the training that logged it.
     """
 
     def __init__(self, reporter: JobReporter, level: int = logging.INFO):

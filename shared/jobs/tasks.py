@@ -13,7 +13,6 @@ import ctypes
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -30,13 +29,12 @@ from shared.jobs.constants import JOB_CANCEL_KEY, MODEL_RELOAD_CHANNEL
 from shared.jobs.locks import hold_run_lock
 from shared.jobs.progress import EventLogHandler, JobReporter, read_state, update_state
 from shared.settings import Settings, get_settings
+from shared.train.checkpoints import latest_checkpoint_step, remove_partial_checkpoints
 
 logger = logging.getLogger(__name__)
 
 # prctl option from <linux/prctl.h>: the signal this process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
-# Written last into each checkpoint folder by transformers' Trainer (transformers 5.x).
-TRAINER_STATE = "trainer_state.json"
 
 
 class JobCanceledError(Exception):
@@ -46,44 +44,14 @@ class JobCanceledError(Exception):
 def _die_with_worker() -> None:
     """Ask Linux to SIGKILL this work process when the worker's parent dies.
 
-    Without it, a work process whose parent was killed keeps the GPU busy with nobody left to record
-    its result, while the reaper already reports the job as failed.
+    Without it, a work process whose parent was killed keeps the GPU busy, and no process is left
+    to record its result, while the reaper already reports the job as failed.
     """
     if not sys.platform.startswith("linux"):
         return  # NOTE: elsewhere an orphaned work process runs on until its job ends.
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         logger.warning("prctl(PR_SET_PDEATHSIG) failed with errno %d", ctypes.get_errno())
-
-
-def _checkpoints(output_dir: Path) -> dict[int, Path]:
-    """Map each `checkpoint-<step>` folder in `output_dir` to its step."""
-    folders = {}
-    for folder in output_dir.glob("checkpoint-*"):
-        step = folder.name.removeprefix("checkpoint-")
-        if folder.is_dir() and step.isdigit():
-            folders[int(step)] = folder
-    return folders
-
-
-def latest_checkpoint_step(output_dir: Path) -> int | None:
-    """Return the step of the newest complete checkpoint, or None without one."""
-    complete = [
-        step for step, folder in _checkpoints(output_dir).items() if (folder / TRAINER_STATE).is_file()
-    ]
-    return max(complete, default=None)
-
-
-def remove_partial_checkpoints(output_dir: Path) -> None:
-    """Delete checkpoint folders a killed run left half-written, so a resume uses a complete one.
-
-    The Trainer writes trainer_state.json last, so a folder without it is incomplete, and resuming
-    from it would fail.
-    """
-    for step, folder in _checkpoints(output_dir).items():
-        if not (folder / TRAINER_STATE).is_file():
-            logger.warning("removing checkpoint-%d in %s: it was not completely written", step, output_dir)
-            shutil.rmtree(folder)
 
 
 @contextmanager
@@ -113,7 +81,7 @@ def _cancel_requested(job: Job) -> bool:
 
 
 def train_job(spec: dict[str, Any]) -> dict[str, Any]:
-    """Fine-tune as `spec["options"]` says, then run the follow-ups the spec asks for."""
+    """Fine-tune with `spec["options"]`, then run the follow-ups that the spec requests."""
     job = get_current_job()
     assert job is not None, "train_job runs only inside an rq worker"
     settings = get_settings()
@@ -161,7 +129,7 @@ def _train(job: Job, spec: dict[str, Any], settings: Settings, reporter: JobRepo
 def _run_follow_ups(
     job: Job, spec: dict[str, Any], options, settings: Settings, output_dir: Path
 ) -> dict[str, Any]:
-    """Queue the evaluation, merge and announce the merged model, as the spec asks."""
+    """Queue the evaluation, merge, and announce the merged model, as the spec requests."""
     follow_ups: dict[str, Any] = read_state(job.connection, job.id).get("follow_ups") or {}
     base_model = spec.get("model_name_or_path")
     if spec.get("eval") is not None and "eval_job_id" not in follow_ups:

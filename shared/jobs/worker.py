@@ -5,11 +5,13 @@ of one job is released before the next, and this parent process never imports to
 CUDA: job functions are named by path (see constants) and only the work process imports them.
 Divergences from rq's SpawnWorker:
 
-- While a job runs, the parent heartbeats every JOB_MONITORING_INTERVAL seconds (rq: 30) and each
+- While a job runs, the parent heartbeats every JOB_MONITORING_INTERVAL seconds (rq: 30). Each
   heartbeat keeps the job for HEARTBEAT_GRACE seconds past the next one (rq: 60), so the reaper
   fails the job of a killed worker within a minute.
+- An idle worker heartbeats, and cleans its queue's registries, more often (see WORKER_TTL).
 - A work process that dies without reporting (SIGKILL, out of memory) fails its job with the signal
   named (`failures.on_work_horse_killed`); rq's own record only has the raw wait status.
+- Shutdown waits at most a second for rq's command listener (see `JobWorker.unsubscribe`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from shared.jobs.constants import (
     JOB_MONITORING_INTERVAL,
     JOB_TYPES,
     WORKER_MAINTENANCE_INTERVAL,
+    WORKER_TTL,
 )
 from shared.jobs.failures import on_work_horse_killed
 from shared.settings import get_settings
@@ -43,6 +46,17 @@ class JobWorker(SpawnWorker):
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.job_monitoring_interval + HEARTBEAT_GRACE
+
+    def unsubscribe(self) -> None:
+        """Stop listening for rq commands, waiting at most a second for the listener thread.
+
+        NOTE: rq 3.0 starts that thread with a 60 s read timeout and redis-py 8.2's `stop()` waits
+        for the read to end, so rq's own version made every shutdown take up to a minute. This copy
+        can go once rq bounds that wait itself.
+        """
+        if self.pubsub_thread and self.pubsub:
+            self.pubsub_thread.stop(timeout=1)
+            self.pubsub.close()
 
 
 def redis_address(redis: Redis) -> str:
@@ -58,6 +72,7 @@ def build_worker(queue: str, redis: Redis, name: str | None = None) -> JobWorker
         name=name or f"{queue}-{socket.gethostname()}-{os.getpid()}",
         job_monitoring_interval=JOB_MONITORING_INTERVAL,
         maintenance_interval=WORKER_MAINTENANCE_INTERVAL,
+        worker_ttl=WORKER_TTL,
         work_horse_killed_handler=on_work_horse_killed,
         log_job_description=False,  # A description would log the whole request at info.
     )

@@ -45,8 +45,6 @@ def resolve_precision(fp16: bool, bf16: bool) -> tuple[bool, bool]:
 
 def find_resume_checkpoint(args: TrainArgs, output_dir: Path) -> str | None:
     """Pick the checkpoint to resume: the one named, or the newest in output_dir unless overwriting."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     requested = args.resume_from_checkpoint
     if requested and requested.lower() not in {"true", "false"}:
         if not Path(requested).is_dir():
@@ -56,7 +54,10 @@ def find_resume_checkpoint(args: TrainArgs, output_dir: Path) -> str | None:
         return None
     if args.overwrite_output_dir:
         return None
-    last = get_last_checkpoint(str(output_dir))
+    from shared.train.checkpoints import newest_complete_checkpoint
+
+    newest = newest_complete_checkpoint(output_dir)
+    last = str(newest) if newest else None
     if last:
         logger.info("resuming from %s; pass --overwrite_output_dir to start over", last)
     elif (requested or "").lower() == "true":

@@ -1,10 +1,13 @@
 """Fixtures that run the stack's processes: the API under uvicorn, rq workers and extra Redis servers.
 
-`start_api(env)` returns the base URL of a fresh `adgen serve`; `start_worker(queue, env)` returns a
-running `adgen worker QUEUE`; `start_redis()` returns a private redis-server. Each child gets the
-test's environment (REDIS_URL, VOLUMES_DIR, DATA_DIR ...) updated with `env`, and is stopped when the
-test ends; its output is printed then, so a failing test shows it. Tests that share processes across
-a module call `launch_api`, `launch_worker` and `launch_redis` from a module-scoped fixture instead.
+- `start_api(env)` starts `adgen serve` and returns its base URL.
+- `start_worker(queue, env)` starts `adgen worker QUEUE` and returns it once it registered in Redis.
+- `start_redis()` starts a private redis-server, apart from the session's.
+
+Each child gets the test's environment (REDIS_URL, VOLUMES_DIR, DATA_DIR ...) updated with `env`.
+It is stopped when the test ends, and its output is printed then, so a failing test shows it.
+Tests that share processes across a module call `launch_api`, `launch_worker` and `launch_redis`
+from a module-scoped fixture instead.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def _answers(service: ServiceProcess, path: str) -> bool:
 
 
 def launch_api(log_dir: Path, env: dict[str, str] | None = None) -> ServiceProcess:
-    """Start `adgen serve` on a free port and wait until it answers /openapi.json."""
+    """Start `adgen serve` on a free port and wait until GET /openapi.json succeeds."""
     port = free_port()
     service = _spawn(f"api-{port}", adgen_command("serve", "--port", str(port)), env, log_dir)
     service.url = f"http://127.0.0.1:{port}"

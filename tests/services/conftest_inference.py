@@ -69,8 +69,10 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
     return process, f"redis://127.0.0.1:{port}/0"
 
 
-def launch_inference_api(log_dir: Path, env: dict[str, str], headers: dict | None = None) -> ApiProcess:
-    """Start `adgen serve` with `env` added and wait until its model is loaded."""
+def launch_inference_api(
+    log_dir: Path, env: dict[str, str], headers: dict | None = None, wait_for_model: bool = True
+) -> ApiProcess:
+    """Start `adgen serve` with `env` added; wait until its model is loaded, or only until /healthz responds."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"api-{port}.log"
@@ -85,10 +87,12 @@ def launch_inference_api(log_dir: Path, env: dict[str, str], headers: dict | Non
         )
     api = ApiProcess(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, env=env)
 
-    def model_loaded() -> bool:
+    def started() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"adgen serve exited with {process.returncode}:\n{api.log_tail()}")
         try:
+            if not wait_for_model:
+                return httpx.get(f"{api.url}/healthz", timeout=5).status_code == 200
             models = httpx.get(f"{api.url}/v1/models", headers=headers, timeout=5)
         except httpx.TransportError:
             return False
@@ -97,7 +101,7 @@ def launch_inference_api(log_dir: Path, env: dict[str, str], headers: dict | Non
         )
 
     try:
-        wait_until(model_loaded, timeout=STARTUP_TIMEOUT, interval=0.3, what=f"the API on port {port}")
+        wait_until(started, timeout=STARTUP_TIMEOUT, interval=0.3, what=f"the API on port {port}")
     except AssertionError:
         api.stop()
         raise

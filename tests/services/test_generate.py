@@ -51,12 +51,30 @@ def restricted_api(tiny_model: Path, tmp_path_factory) -> ApiProcess:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def unloadable_api(tmp_path_factory) -> ApiProcess:
+    """An API whose start-up model does not exist, so no model ever loads."""
+    env = {"SERVED_MODEL": "/no/such/model", "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    server = launch_inference_api(tmp_path_factory.mktemp("unloadable-api"), env, wait_for_model=False)
+    yield server
+    server.stop()
+
+
 def stream_events(api: ApiProcess, body: dict, headers: dict | None = None) -> list[tuple[str, dict]]:
     with httpx.stream("POST", f"{api.url}/generate", json=body, headers=headers, timeout=120) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["x-accel-buffering"] == "no"
         return list(parse_sse(response.iter_lines()))
+
+
+def next_event_name(lines) -> str:
+    """Read an open stream up to its next event line and return the event's name.
+
+    The caller keeps `lines` referenced: a line iterator that is garbage-collected closes the
+    connection, which the server treats as a disconnect.
+    """
+    return next(line for line in lines if line.startswith("event:")).removeprefix("event:").strip()
 
 
 def generate_whole(api: ApiProcess, body: dict) -> dict:
@@ -126,8 +144,12 @@ def test_context_overflow_is_400_naming_both_numbers(api, tiny_model):
     from shared.modeling.template import build_messages, encode_prompt
 
     content = "类型#裙*颜色#粉红色" * 20
-    prompt_tokens = len(encode_prompt(load_tokenizer(str(tiny_model)), build_messages(content, SOURCE_PREFIX)))
-    response = httpx.post(f"{api.url}/generate", json={"content": content, "max_new_tokens": 2048}, timeout=30)
+    prompt_tokens = len(
+        encode_prompt(load_tokenizer(str(tiny_model)), build_messages(content, SOURCE_PREFIX))
+    )
+    response = httpx.post(
+        f"{api.url}/generate", json={"content": content, "max_new_tokens": 2048}, timeout=30
+    )
 
     assert response.status_code == 400
     detail = response.json()["detail"]
@@ -137,11 +159,14 @@ def test_context_overflow_is_400_naming_both_numbers(api, tiny_model):
 
 
 def test_dropped_connection_cancels_generation(api):
-    cancelled_before = metric(api, "adgen_generations_finished_total", route="generate", finish_reason="cancelled")
+    cancelled_before = metric(
+        api, "adgen_generations_finished_total", route="generate", finish_reason="cancelled"
+    )
     tokens_before = metric(api, "adgen_generated_tokens_total", route="generate")
 
     with httpx.stream("POST", f"{api.url}/generate", json=LONG_STREAM, timeout=60) as response:
-        assert next(line for line in response.iter_lines() if line.startswith("event:")) == "event: token"
+        lines = response.iter_lines()
+        assert next_event_name(lines) == "token"
 
     def cancelled() -> bool:
         count = metric(api, "adgen_generations_finished_total", route="generate", finish_reason="cancelled")
@@ -203,7 +228,7 @@ def test_hot_reload_by_request_and_redis_channel(api, trained_adapter, session_v
     long_greedy = {"content": PROMPTS[1], "max_new_tokens": 400, "do_sample": False}
     with httpx.stream("POST", f"{api.url}/generate", json=long_greedy, timeout=120) as in_flight:
         lines = in_flight.iter_lines()
-        assert next(line for line in lines if line.startswith("event:")) == "event: token"
+        assert next_event_name(lines) == "token"
         response = httpx.post(f"{api.url}/v1/models/load", json={"name": name}, timeout=10)
         assert response.status_code == 202
         assert response.json()["status"] == "loading"
@@ -226,7 +251,11 @@ def test_hot_reload_by_request_and_redis_channel(api, trained_adapter, session_v
     ("method", "path", "body"),
     [
         ("POST", "/generate", {"content": "类型#裙", "max_new_tokens": 2}),
-        ("POST", "/v1/chat/completions", {"model": "tiny-glm", "messages": [{"role": "user", "content": "x"}]}),
+        (
+            "POST",
+            "/v1/chat/completions",
+            {"model": "tiny-glm", "messages": [{"role": "user", "content": "x"}]},
+        ),
         ("GET", "/v1/models", None),
         ("POST", "/v1/models/load", {"name": "tiny-glm"}),
     ],
@@ -241,9 +270,12 @@ def test_api_key_required_on_generation_routes(restricted_api, method, path, bod
     assert missing.headers["www-authenticate"] == "Bearer"
 
 
-def test_open_routes_need_no_key_and_readyz_names_redis(restricted_api):
-    for path in ("/", "/healthz", "/metrics"):
+def test_open_routes_need_no_key(restricted_api):
+    for path in ("/", "/healthz", "/metrics", "/static/app.js"):
         assert httpx.get(f"{restricted_api.url}{path}", timeout=10).status_code == 200, path
+
+
+def test_readyz_names_unreachable_redis(restricted_api):
     ready = httpx.get(f"{restricted_api.url}/readyz", timeout=30)
 
     assert ready.status_code == 503
@@ -256,7 +288,8 @@ def test_capacity_exceeded_is_429_with_retry_after(restricted_api):
     url = restricted_api.url
     with httpx.stream("POST", f"{url}/generate", json=LONG_STREAM, headers=AUTH, timeout=60) as first:
         assert first.status_code == 200
-        assert next(line for line in first.iter_lines() if line.startswith("event:")) == "event: token"
+        lines = first.iter_lines()
+        assert next_event_name(lines) == "token"
         second = httpx.post(f"{url}/generate", json={"content": "类型#裤"}, headers=AUTH, timeout=10)
         chat = httpx.post(
             f"{url}/v1/chat/completions",
@@ -271,9 +304,39 @@ def test_capacity_exceeded_is_429_with_retry_after(restricted_api):
     assert chat.status_code == 429
     assert chat.json()["error"]["type"] == "rate_limit_error"
 
-    wait_until(lambda: metric(restricted_api, "adgen_generations_running") == 0, timeout=60, what="a free slot")
+    wait_until(
+        lambda: metric(restricted_api, "adgen_generations_running") == 0, timeout=60, what="a free slot"
+    )
     after = httpx.post(
-        f"{url}/generate", json={"content": "类型#裤", "max_new_tokens": 3, "stream": False}, headers=AUTH, timeout=60
+        f"{url}/generate",
+        json={"content": "类型#裤", "max_new_tokens": 3, "stream": False},
+        headers=AUTH,
+        timeout=60,
     )
     assert after.status_code == 200
     assert after.json()["usage"]["completion_tokens"] == 3
+
+
+def test_no_model_is_503_before_any_stream(unloadable_api):
+    url = unloadable_api.url
+
+    def load_failed() -> dict | None:
+        problems = httpx.get(f"{url}/readyz", timeout=30).json().get("problems", {})
+        return problems if "failed" in problems.get("model", "") else None
+
+    problems = wait_until(load_failed, timeout=90, what="the start-up load to fail")
+    generate = httpx.post(f"{url}/generate", json={"content": "类型#裙"}, timeout=10)
+    chat = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "tiny-glm", "messages": [{"role": "user", "content": "类型#裙"}]},
+        timeout=10,
+    )
+
+    assert "/no/such/model" in problems["model"]
+    assert generate.status_code == 503
+    assert generate.json()["detail"] == (
+        "no model is loaded: loading /no/such/model failed: model folder /no/such/model not found"
+    )
+    assert chat.status_code == 503
+    assert "no model is loaded" in chat.json()["error"]["message"]
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200

@@ -1,8 +1,8 @@
 """The jobs API against a real stack: a private redis-server, `adgen worker train`, `adgen worker eval`
 and `adgen serve`, all subprocesses sharing the session's volumes and its tiny model.
 
-Training jobs are a handful of steps on the bundled sample, so each takes seconds of compute; the
-waits allow minutes because the CPU may be shared.
+Training jobs are a handful of steps on the bundled sample, so each takes seconds of compute. The
+waits allow minutes, because the CPU may be shared.
 """
 
 from __future__ import annotations
@@ -141,6 +141,9 @@ def test_train_job_end_to_end(stack: Stack):
     assert running["progress"]["samples_done"] >= 2
     assert running["started_at"] is not None
 
+    with stack.http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+        assert next(response.iter_lines()).startswith("id: ")
+    # That client went away mid-stream; the next one is served in full.
     events = read_sse(stack, job_id)
     ids = [event["id"] for event in events]
     assert ids == sorted(ids, key=stream_order)

@@ -96,11 +96,16 @@ def test_greedy_output_same_alone_batched_and_generate(engine):
     batched = [collect(handle)[1] for handle in handles]
 
     served = engine.current
-    for prompt, single, in_batch, repeated in zip(PROMPTS, alone, batched, batched[len(PROMPTS) :], strict=False):
+    for prompt, single, in_batch, repeated in zip(
+        PROMPTS, alone, batched, batched[len(PROMPTS) :], strict=False
+    ):
         ids = served.encode(build_messages(prompt, ADGEN_SOURCE_PREFIX))
         with torch.inference_mode():
             output = served.model.generate(
-                torch.tensor([ids]), max_new_tokens=24, do_sample=False, repetition_penalty=1.3
+                torch.tensor([ids], device=served.model.device),
+                max_new_tokens=24,
+                do_sample=False,
+                repetition_penalty=1.3,
             )
         reference = served.tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
         assert single.text == in_batch.text == repeated.text
@@ -176,7 +181,9 @@ def test_capacity_rejects_beyond_running_plus_queued(tiny_model, monkeypatch):
 
         queued.cancel()
         running.cancel()
-        wait_until(lambda: small.status().running + small.status().waiting == 0, timeout=10, what="idle engine")
+        wait_until(
+            lambda: small.status().running + small.status().waiting == 0, timeout=10, what="idle engine"
+        )
         _, done = collect(small.submit(PROMPTS[2], GenerationParams(max_new_tokens=3)))
         assert done.completion_tokens == 3
     finally:
@@ -186,6 +193,20 @@ def test_capacity_rejects_beyond_running_plus_queued(tiny_model, monkeypatch):
 def test_submit_before_load_is_not_ready():
     with pytest.raises(ModelNotReady, match="no model is loaded"):
         Engine(get_settings()).submit(PROMPTS[0], GenerationParams())
+
+
+def test_failed_load_is_reported_and_keeps_serving(engine, tmp_path):
+    missing = tmp_path / "missing-model"
+
+    with pytest.raises(OSError):
+        engine.load(str(missing))
+
+    status = engine.status()
+    assert status.state == "ready"
+    assert status.model == "tiny-glm"
+    assert str(missing) in status.error
+    _, done = collect(engine.submit(PROMPTS[0], GenerationParams(max_new_tokens=2)))
+    assert done.model == "tiny-glm"
 
 
 def test_reload_keeps_running_request_on_old_model(tiny_model, trained_adapter):
@@ -222,6 +243,9 @@ def test_startup_source_prefers_setting_then_newest_merged(tmp_path):
 
     pinned = Settings(volumes_dir=tmp_path, served_model="/models/pinned")
     assert startup_source(pinned) == "/models/pinned"
+
+    by_name = Settings(volumes_dir=tmp_path, served_model="older")
+    assert startup_source(by_name) == str(settings.merged_dir / "older")
 
 
 def test_load_target_must_be_a_model_inside_volumes(tmp_path):

@@ -1,7 +1,7 @@
 """The job system without workers: enqueue options, states, failures, the reaper, the run lock and events.
 
 Everything runs against the session's redis-server. Jobs that must finish run in-process on rq's
-SimpleWorker with a stand-in function, so no model is trained here; tests/services/test_jobs_api.py
+SimpleWorker with a stand-in function, so no model is trained here. tests/services/test_jobs_api.py
 runs real training jobs in real workers.
 """
 
@@ -39,6 +39,18 @@ from shared.settings import Settings
 from tests.conftest import REPO
 
 
+class InProcessWorker(SimpleWorker):
+    """rq's SimpleWorker without the command channel, whose thread takes up to 60 s to stop
+    (rq 3.0 with redis-py 8)."""
+
+    def subscribe(self) -> None:
+        pass
+
+
+def run_queued_jobs(redis: Redis, queue: str) -> None:
+    InProcessWorker([Queue(queue, connection=redis)], connection=redis).work(burst=True)
+
+
 def stand_in_canceled(spec: dict) -> dict:
     """Job function of these tests: the result a canceled training job returns."""
     return {"canceled": True, "output_dir": "unused"}
@@ -58,10 +70,15 @@ def status_events(redis: Redis, job_id: str) -> list[dict]:
     return [event.data for event in read_events(redis, job_id) if event.kind == "status"]
 
 
-def enqueue_stand_in(redis: Redis, job_type: str = TRAIN_QUEUE):
-    """Queue a job whose function is `stand_in_canceled`, with the options of a real job."""
+def stand_in_failing(spec: dict) -> dict:
+    """Job function of these tests: an evaluation that raises."""
+    raise RuntimeError("out of prompts")
+
+
+def enqueue_stand_in(redis: Redis, job_type, function):
+    """Queue a job that runs `function` instead of the real one, with the options of a real job."""
     job = client.enqueue(redis, job_type, {"options": {}}, timeout=60)
-    job.func_name = f"{__name__}.stand_in_canceled"
+    job.func_name = f"{__name__}.{function.__name__}"
     job.save()
     return job
 
@@ -211,20 +228,30 @@ def test_resume_canceled_queued_job(redis, settings):
     assert status_events(redis, job.id)[-1] == {"status": "queued", "resumed": True}
 
 
-def test_resume_rejects_queued_and_eval_jobs(redis, settings):
-    train = client.enqueue_train(redis, settings, {"options": {}})
-    evaluation = client.enqueue_eval(redis, settings, {"options": {}})
+def test_resume_rejects_unfinished_jobs(redis, settings):
+    job = client.enqueue_eval(redis, settings, {"options": {}})
 
     with pytest.raises(client.JobStateError, match="is queued"):
-        client.resume(redis, train)
-    with pytest.raises(client.JobStateError, match="only training jobs resume"):
-        client.resume(redis, evaluation)
+        client.resume(redis, job)
+
+
+def test_resume_failed_eval_job(redis):
+    job = enqueue_stand_in(redis, EVAL_QUEUE, stand_in_failing)
+    run_queued_jobs(redis, EVAL_QUEUE)
+    job = client.fetch_job(redis, job.id)
+    assert client.describe_job(redis, job)["error"] == {"type": "RuntimeError", "message": "out of prompts"}
+
+    client.resume(redis, job)
+
+    view = client.describe_job(redis, client.fetch_job(redis, job.id))
+    assert view["status"] == "queued"
+    assert read_state(redis, job.id).get("error") is None
 
 
 def test_canceled_result_reads_as_canceled(redis):
-    job = enqueue_stand_in(redis)
+    job = enqueue_stand_in(redis, TRAIN_QUEUE, stand_in_canceled)
 
-    SimpleWorker([Queue(TRAIN_QUEUE, connection=redis)], connection=redis).work(burst=True)
+    run_queued_jobs(redis, TRAIN_QUEUE)
 
     job = client.fetch_job(redis, job.id)
     assert job.get_status() == JobStatus.FINISHED
@@ -239,8 +266,8 @@ def test_canceled_result_reads_as_canceled(redis):
 def test_list_jobs_filters_and_drops_expired(redis, settings):
     train = client.enqueue_train(redis, settings, {"options": {}})
     evaluation = client.enqueue_eval(redis, settings, {"options": {}})
-    gone = client.enqueue_eval(redis, settings, {"options": {}})
-    gone.delete()
+    expired = client.enqueue_eval(redis, settings, {"options": {}})
+    expired.delete()
 
     assert [view["id"] for view in client.list_jobs(redis)] == [evaluation.id, train.id]
     assert [view["id"] for view in client.list_jobs(redis, job_type="train")] == [train.id]

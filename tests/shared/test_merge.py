@@ -140,13 +140,13 @@ def test_merge_rejects_adapter_of_another_base(trained_adapter, tmp_path):
         merge_adapter(adapter, tmp_path / "out")
 
 
-def test_merge_uses_peft_base_path_when_record_is_missing(trained_adapter, tiny_model, tmp_path):
+def test_merge_rejects_other_base_without_record(trained_adapter, tiny_model, tmp_path):
     adapter = _copy_adapter(trained_adapter, tmp_path / "adapter")
     (adapter / BASE_RECORD).unlink()
     other_base = tmp_path / "other-base"
     shutil.copytree(tiny_model, other_base)
     config = json.loads((other_base / "config.json").read_text(encoding="utf-8"))
-    config["rms_norm_eps"] = 1e-5  # Same shapes, so only the fingerprint tells the bases apart.
+    config["rms_norm_eps"] = 1e-5  # Same shapes, so only the fingerprint differs between the bases.
     (other_base / "config.json").write_text(json.dumps(config), encoding="utf-8")
 
     with pytest.raises(MergeError, match="--model_name_or_path"):

@@ -100,9 +100,9 @@ def test_resume_continues_at_checkpoint_step(tmp_path):
 
     output_dir = tmp_path / "resumable"
     run_training(quick_args(output_dir, max_steps=6))
-    # Pretend the run died after its first checkpoint.
+    # Pretend the run died after its first checkpoint, while writing a later one.
     shutil.rmtree(output_dir / "checkpoint-4")
-    shutil.rmtree(output_dir / "checkpoint-6")
+    (output_dir / "checkpoint-6" / "trainer_state.json").unlink()
     (output_dir / "trainer_log.jsonl").unlink()
 
     run_training(quick_args(output_dir, max_steps=6))

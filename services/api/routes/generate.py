@@ -6,8 +6,8 @@ stream started. A comment ping every 15 seconds keeps proxies from closing an id
 Everything that can be rejected (validation, context length, capacity, no model) is rejected
 with an HTTP status before the first event. A client that disconnects cancels its generation.
 
-The lifespan hook owns the engine: it starts loading the served model after start-up, so
-/healthz answers at once, and subscribes to the model reload channel.
+The lifespan hook owns the engine. It starts loading the served model after start-up, so that
+/healthz responds at once, and it subscribes to the model reload channel.
 """
 
 from __future__ import annotations
@@ -160,5 +160,5 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     except GenerationFailed as error:
         return JSONResponse({"detail": str(error)}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
     if event is None:
-        return Response(status_code=499)  # Client closed the request; nobody reads this.
+        return Response(status_code=499)  # Client closed the request, so this response is never read.
     return JSONResponse(_response_body(event).model_dump())

@@ -16,7 +16,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz")
 def healthz() -> dict[str, str]:
-    """Answer while the process runs; checks no dependency."""
+    """Return 200 while the process runs; checks no dependency."""
     return {"status": "ok"}
 
 
@@ -44,7 +44,7 @@ async def _redis_problem(request: Request) -> str | None:
 
 @router.get("/readyz", responses={503: {"description": "The model is not loaded or Redis is unreachable."}})
 async def readyz(request: Request) -> JSONResponse:
-    """Answer 200 when a model is loaded and Redis answers PING, else 503 naming what is missing."""
+    """Return 200 when a model is loaded and Redis replies to PING, else 503 naming what is missing."""
     checks = {"model": _model_problem(request), "redis": await _redis_problem(request)}
     if any(checks.values()):
         problems = {name: problem for name, problem in checks.items() if problem}

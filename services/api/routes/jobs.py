@@ -2,7 +2,7 @@
 
 Routes that only call Redis and rq are plain `def`s, which FastAPI runs in its thread pool, where
 the synchronous client may block. The event stream is async and reads with redis.asyncio, so a
-waiting client holds no thread. A router dependency turns an unreachable Redis into 503 on every
+waiting client keeps no thread busy. A router dependency turns an unreachable Redis into 503 on every
 route, so app-wide exception handlers are not needed. The lifespan starts the reaper, which fails
 started jobs whose worker died.
 """
@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -26,6 +26,7 @@ from redis import asyncio as redis_asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq.job import Job
 from sse_starlette import EventSourceResponse
 
 from services.api.deps import get_app_settings, get_redis, require_api_key
@@ -33,7 +34,7 @@ from services.api.schemas.jobs import EvalJobCreate, JobCreated, JobList, JobPub
 from shared.jobs import client
 from shared.jobs.client import JobNotFoundError, JobStateError, JobStatusName, JobType
 from shared.jobs.constants import EVENTS_BLOCK_MS, REAPER_INTERVAL, TRAIN_QUEUE
-from shared.jobs.progress import STREAM_START, TERMINAL_STATUSES, events_key, parse_event
+from shared.jobs.progress import STREAM_START, TERMINAL_STATUSES, JobEvent, events_key, parse_entries
 from shared.jobs.reaper import reap_abandoned_jobs
 from shared.jobs.validation import check_base_model, check_eval_job, check_train_job, field_error
 from shared.settings import Settings
@@ -48,7 +49,7 @@ RedisDep = Annotated[Redis, Depends(get_redis)]
 
 
 def redis_errors_as_503(settings: SettingsDep) -> Iterator[None]:
-    """Answer 503 naming the Redis address when Redis is unreachable, instead of a 500."""
+    """Turn an unreachable Redis into a 503 that names its address, instead of a 500."""
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError) as error:
@@ -99,6 +100,8 @@ async def _reap_periodically(redis: Redis) -> None:
             if not unreachable:
                 logger.warning("reaper: Redis unreachable (%s); retrying every %d s", error, REAPER_INTERVAL)
             unreachable = True
+        except Exception:
+            logger.exception("reaper: cleanup failed; retrying in %d s", REAPER_INTERVAL)
         else:
             if unreachable:
                 logger.info("reaper: Redis reachable again")
@@ -110,21 +113,20 @@ def _job_path(job_id: str) -> str:
     return f"/v1/jobs/{job_id}"
 
 
-def _fetch(redis: Redis, job_id: str):
+def _fetch(redis: Redis, job_id: str) -> Job:
     try:
         return client.fetch_job(redis, job_id)
     except JobNotFoundError as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(error)) from error
 
 
-def _public(redis: Redis, job) -> JobPublic:
-    view = client.describe_job(redis, job)
-    return JobPublic.model_validate(
-        {**view, "url": _job_path(job.id), "events_url": f"{_job_path(job.id)}/events"}
-    )
+def _public(view: dict) -> JobPublic:
+    """Add the job's URLs to a view from `client.describe_job`."""
+    path = _job_path(view["id"])
+    return JobPublic.model_validate({**view, "url": path, "events_url": f"{path}/events"})
 
 
-def _created(job, response: Response) -> JobCreated:
+def _created(job: Job, response: Response) -> JobCreated:
     response.headers["Location"] = _job_path(job.id)
     return JobCreated(id=job.id, type=job.origin, status="queued", url=_job_path(job.id))
 
@@ -201,19 +203,12 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=1000, description="Jobs returned at most, newest first.")] = 100,
 ) -> JobList:
     views = client.list_jobs(redis, job_type=job_type, status=job_status, limit=limit)
-    return JobList(
-        jobs=[
-            JobPublic.model_validate(
-                {**view, "url": _job_path(view["id"]), "events_url": f"{_job_path(view['id'])}/events"}
-            )
-            for view in views
-        ]
-    )
+    return JobList(jobs=[_public(view) for view in views])
 
 
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(job_id: str, redis: RedisDep) -> JobPublic:
-    return _public(redis, _fetch(redis, job_id))
+    return _public(client.describe_job(redis, _fetch(redis, job_id)))
 
 
 @router.delete("/{job_id}", response_model=JobPublic)
@@ -225,12 +220,12 @@ def cancel_job(job_id: str, response: Response, redis: RedisDep) -> JobPublic:
     except JobStateError as error:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from error
     response.status_code = status.HTTP_200_OK if outcome == "canceled" else status.HTTP_202_ACCEPTED
-    return _public(redis, client.fetch_job(redis, job_id))
+    return _public(client.describe_job(redis, client.fetch_job(redis, job_id)))
 
 
 @router.post("/{job_id}/resume", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
 def resume_job(job_id: str, response: Response, redis: RedisDep) -> JobCreated:
-    """Queue a failed or canceled training job again; it continues from its newest checkpoint."""
+    """Queue a failed or canceled job again: training continues from its newest checkpoint."""
     job = _fetch(redis, job_id)
     try:
         client.resume(redis, job)
@@ -271,16 +266,14 @@ async def _stream_events(
     key = events_key(job_id)
     try:
         while True:
-            reply = await aredis.xread({key: cursor}, count=100, block=EVENTS_BLOCK_MS)
-            entries = reply[0][1] if reply else []
-            if not entries and await anyio.to_thread.run_sync(_has_ended, redis, job_id):
+            reply: Any = await aredis.xread({key: cursor}, count=100, block=EVENTS_BLOCK_MS)
+            events = parse_entries(reply[0][1] if reply else [])
+            if not events and await anyio.to_thread.run_sync(_has_ended, redis, job_id):
                 # The job may have ended between the read and the check: send what arrived since.
-                entries = await aredis.xrange(key, min=f"({cursor}", max="+")
-                for entry_id, fields in entries:
-                    yield _sse(parse_event(entry_id, fields))
+                for event in parse_entries(await aredis.xrange(key, min=f"({cursor}", max="+")):
+                    yield _sse(event)
                 return
-            for entry_id, fields in entries:
-                event = parse_event(entry_id, fields)
+            for event in events:
                 cursor = event.id
                 yield _sse(event)
                 final = event.kind == "status" and event.data.get("status") in TERMINAL_STATUSES
@@ -292,14 +285,14 @@ async def _stream_events(
         yield {"event": "error", "data": json.dumps({"message": message})}
 
 
-def _sse(event) -> dict[str, str]:
+def _sse(event: JobEvent) -> dict[str, str]:
     return {"id": event.id, "event": event.kind, "data": json.dumps(event.data, ensure_ascii=False)}
 
 
 async def _status_follows(aredis: redis_asyncio.Redis, key: str, event_id: str) -> bool:
     """Tell whether a later status event exists, as after a resume of a failed job."""
-    later = await aredis.xrange(key, min=f"({event_id}", max="+")
-    return any(parse_event(entry_id, fields).kind == "status" for entry_id, fields in later)
+    later = parse_entries(await aredis.xrange(key, min=f"({event_id}", max="+"))
+    return any(event.kind == "status" for event in later)
 
 
 def _has_ended(redis: Redis, job_id: str) -> bool:

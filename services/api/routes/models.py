@@ -1,6 +1,6 @@
 """GET /v1/models (OpenAI's model list, plus serving state) and POST /v1/models/load (hot reload).
 
-The list holds the served model first, then a model being loaded, then the other merged models
+The list contains the served model first, then a model being loaded, then the other merged models
 under the merged volume, which POST /v1/models/load {"name": ...} can switch to.
 """
 

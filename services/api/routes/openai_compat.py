@@ -1,7 +1,7 @@
 """POST /v1/chat/completions in the OpenAI format, so the official `openai` client can stream ads.
 
-The last user message carries the product tags and gets the ADGEN source prefix, as /generate
-does; `source_prefix` and `repetition_penalty` can be set through the client's `extra_body`.
+The last user message carries the product tags and gets the ADGEN source prefix, as in /generate.
+Clients set `source_prefix` and `repetition_penalty` through the openai client's `extra_body`.
 Divergences from the OpenAI API: one choice only (`n` = 1), no `stop` sequences, no tools, and
 `model` must be the id of the served model. A stream that fails after it started sends a chunk
 with an `error` object, then `data: [DONE]`.
@@ -103,7 +103,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     except GenerationFailed as error:
         return openai_error(status.HTTP_500_INTERNAL_SERVER_ERROR, str(error))
     if event is None:
-        return Response(status_code=499)  # Client closed the request; nobody reads this.
+        return Response(status_code=499)  # Client closed the request, so this response is never read.
     message = {"role": "assistant", "content": event.text}
     choice = {"index": 0, "message": message, "finish_reason": event.finish_reason}
     return JSONResponse({**header, "object": "chat.completion", "choices": [choice], "usage": _usage(event)})

@@ -15,7 +15,7 @@ const MESSAGES = {
   zh: {
     title: "广告文案生成",
     subtitle: "根据商品标签，流式生成一段广告文案",
-    servedModel: "服务模型",
+    servedModel: "服务模型：",
     settings: "设置",
     apiKey: "API 密钥",
     apiKeyPlaceholder: "服务器设置了 API_KEY 时填写",
@@ -46,6 +46,7 @@ const MESSAGES = {
     apiDocs: "API 文档",
     noTags: "请先输入或选择商品标签。",
     waiting: "等待第一个字…",
+    streaming: "正在生成…",
     done: (s) => `完成 · ${s.tokens} 个 token · ${s.seconds} 秒 · 结束原因：${s.reason}`,
     stopped: "已停止。",
     failed: (m) => `生成失败：${m}`,
@@ -61,7 +62,7 @@ const MESSAGES = {
   en: {
     title: "Ad Copy Generator",
     subtitle: "Stream ad copy from product tags",
-    servedModel: "Model",
+    servedModel: "Model:",
     settings: "Settings",
     apiKey: "API key",
     apiKeyPlaceholder: "Needed when the server sets API_KEY",
@@ -92,6 +93,7 @@ const MESSAGES = {
     apiDocs: "API docs",
     noTags: "Enter or pick some product tags first.",
     waiting: "Waiting for the first characters…",
+    streaming: "Writing…",
     done: (s) => `Done · ${s.tokens} tokens · ${s.seconds} s · finish reason: ${s.reason}`,
     stopped: "Stopped.",
     failed: (m) => `Generation failed: ${m}`,
@@ -261,6 +263,7 @@ async function generate() {
     await readEvents(response.body, (name, data) => {
       const payload = JSON.parse(data);
       if (name === "token") {
+        if (!output.textContent) showStatus({ kind: "streaming" });
         output.append(payload.text);
       } else if (name === "done") {
         finished = true;
@@ -301,9 +304,17 @@ async function refreshModel() {
     const models = (await response.json()).data || [];
     const serving = models.find((model) => model.status === "serving");
     const loading = models.find((model) => model.status === "loading");
-    dot.className = serving ? "dot ready" : loading ? "dot loading" : "dot down";
-    name.textContent = serving ? serving.id : loading ? `${loading.id} (${t("modelLoading")})` : t("modelNone");
-    $("model-badge").title = serving && serving.path ? serving.path : "";
+    if (serving) {
+      dot.className = "dot ready";
+      name.textContent = serving.id;
+      $("model-badge").title = serving.path || "";
+    } else if (loading) {
+      dot.className = "dot loading";
+      name.textContent = `${loading.id} (${t("modelLoading")})`;
+    } else {
+      dot.className = "dot down";
+      name.textContent = t("modelNone");
+    }
   } catch (error) {
     dot.className = "dot down";
     name.textContent = "—";
@@ -330,47 +341,54 @@ function renderJobs(state) {
   }
   note.hidden = true;
   table.hidden = false;
-  const rows = state.jobs.map((job) => {
-    const row = document.createElement("tr");
-    const id = document.createElement("td");
-    const code = document.createElement("code");
-    code.textContent = job.id.length > 12 ? `${job.id.slice(0, 12)}…` : job.id;
-    code.title = job.id;
-    id.append(code);
-    const type = document.createElement("td");
-    type.textContent = t("type")[job.type] || job.type;
-    const status = document.createElement("td");
-    const badge = document.createElement("span");
-    badge.className = `badge ${job.status}`;
-    badge.textContent = t("status")[job.status] || job.status;
-    status.append(badge);
-    const progress = document.createElement("td");
-    const fraction = progressOf(job);
-    if (fraction) {
-      const percent = Math.min(100, Math.round((100 * fraction.done) / Math.max(fraction.total, 1)));
-      const wrapper = document.createElement("div");
-      wrapper.className = "progress";
-      const bar = document.createElement("div");
-      bar.className = "bar";
-      const fill = document.createElement("span");
-      fill.style.width = `${percent}%`;
-      bar.append(fill);
-      const label = document.createElement("span");
-      label.textContent = `${percent}%`;
-      wrapper.append(bar, label);
-      progress.append(wrapper);
-    } else {
-      progress.textContent = "—";
-    }
-    row.append(id, type, status, progress);
-    return row;
-  });
-  $("jobs-body").replaceChildren(...rows);
-  if (!rows.length) {
+  $("jobs-body").replaceChildren(...state.jobs.map(jobRow));
+  if (!state.jobs.length) {
     note.textContent = t("jobsEmpty");
     note.hidden = false;
     table.hidden = true;
   }
+}
+
+function jobRow(job) {
+  const id = document.createElement("td");
+  const code = document.createElement("code");
+  code.textContent = job.id.length > 12 ? `${job.id.slice(0, 12)}…` : job.id;
+  code.title = job.id;
+  id.append(code);
+
+  const type = document.createElement("td");
+  type.textContent = t("type")[job.type] || job.type;
+
+  const status = document.createElement("td");
+  const badge = document.createElement("span");
+  badge.className = `badge ${job.status}`;
+  badge.textContent = t("status")[job.status] || job.status;
+  status.append(badge);
+
+  const row = document.createElement("tr");
+  row.append(id, type, status, progressCell(progressOf(job)));
+  return row;
+}
+
+function progressCell(fraction) {
+  const cell = document.createElement("td");
+  if (!fraction) {
+    cell.textContent = "—";
+    return cell;
+  }
+  const percent = Math.min(100, Math.round((100 * fraction.done) / Math.max(fraction.total, 1)));
+  const fill = document.createElement("span");
+  fill.style.width = `${percent}%`;
+  const bar = document.createElement("div");
+  bar.className = "bar";
+  bar.append(fill);
+  const label = document.createElement("span");
+  label.textContent = `${percent}%`;
+  const wrapper = document.createElement("div");
+  wrapper.className = "progress";
+  wrapper.append(bar, label);
+  cell.append(wrapper);
+  return cell;
 }
 
 async function refreshJobs() {
@@ -397,6 +415,7 @@ function init() {
   $("settings-toggle").addEventListener("click", () => {
     $("settings-panel").hidden = !$("settings-panel").hidden;
   });
+
   const keyInput = $("api-key");
   keyInput.value = localStorage.getItem(API_KEY_KEY) || "";
   keyInput.addEventListener("change", () => {
@@ -406,6 +425,7 @@ function init() {
     refreshModel();
     refreshJobs();
   });
+
   $("tags-input").addEventListener("input", renderChips);
   $("generate-button").addEventListener("click", generate);
   $("stop-button").addEventListener("click", () => controller && controller.abort());
@@ -414,6 +434,7 @@ function init() {
     $("copy-button").textContent = t("copied");
     setTimeout(() => { $("copy-button").textContent = t("copy"); }, 1500);
   });
+
   renderChips();
   applyLanguage();
   refreshModel();
