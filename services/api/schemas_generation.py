@@ -38,7 +38,7 @@ class GenerateRequest(BaseModel):
     source_prefix: str | None = Field(
         ADGEN_SOURCE_PREFIX, max_length=2000, description="Text put before the tags, as in training."
     )
-    max_new_tokens: int = Field(512, ge=1, le=MAX_NEW_TOKENS, description="Tokens generated at most.")
+    max_new_tokens: int = Field(512, ge=1, le=MAX_NEW_TOKENS, description="Maximum new tokens to generate.")
     temperature: float = Field(0.95, gt=0, le=2, description="Sampling temperature, with do_sample.")
     top_p: float = Field(0.7, gt=0, le=1, description="Nucleus sampling mass, with do_sample.")
     do_sample: bool = Field(True, description="Sample; false decodes greedily (reproducible).")

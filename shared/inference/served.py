@@ -1,4 +1,4 @@
-"""Which model the engine serves and how it is loaded: merged weights, a base, or base + adapter.
+"""Selection and loading of the served model: merged weights, a base, or base + adapter.
 
 At start-up the engine serves SERVED_MODEL when set, else the newest merged folder under the
 merged volume, else BASE_MODEL. A hot reload names a folder by path or by name. Either must lie

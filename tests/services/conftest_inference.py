@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -135,9 +136,9 @@ def served_model_id(api: ApiProcess, headers: dict | None = None) -> str:
     return next(card["id"] for card in cards if card["status"] == "serving")
 
 
-def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict | str]]:
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
     """Yield (event name, data) per server-sent event; data is parsed JSON when it is JSON."""
-    name, data = "message", []
+    name, data = "message", list[str]()
     for line in lines:
         if line == "":
             if data:
@@ -146,7 +147,7 @@ def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict | str]]:
                     yield name, json.loads(text)
                 except json.JSONDecodeError:
                     yield name, text
-            name, data = "message", []
+            name, data = "message", list[str]()
         elif line.startswith(":"):
             continue
         elif line.startswith("event:"):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,7 +30,7 @@ PROMPTS = [
 ]
 API_KEY = "test-secret-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-LONG_STREAM = {"content": PROMPTS[0], "max_new_tokens": 1900, "do_sample": False}
+LONG_STREAM: dict[str, Any] = {"content": PROMPTS[0], "max_new_tokens": 1900, "do_sample": False}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def api(request, tiny_model: Path) -> ApiProcess:
 
 
 @pytest.fixture(scope="module")
-def restricted_api(tiny_model: Path, tmp_path_factory) -> ApiProcess:
+def restricted_api(tiny_model: Path, tmp_path_factory) -> Iterator[ApiProcess]:
     """One generation slot, no queue, an API key, and a Redis address where nothing listens."""
     env = {
         "MAX_CONCURRENT_STREAMS": "1",
@@ -52,7 +54,7 @@ def restricted_api(tiny_model: Path, tmp_path_factory) -> ApiProcess:
 
 
 @pytest.fixture(scope="module")
-def unloadable_api(tmp_path_factory) -> ApiProcess:
+def unloadable_api(tmp_path_factory) -> Iterator[ApiProcess]:
     """An API whose start-up model does not exist, so no model ever loads."""
     env = {"SERVED_MODEL": "/no/such/model", "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     server = launch_inference_api(tmp_path_factory.mktemp("unloadable-api"), env, wait_for_model=False)
@@ -60,7 +62,7 @@ def unloadable_api(tmp_path_factory) -> ApiProcess:
     server.stop()
 
 
-def stream_events(api: ApiProcess, body: dict, headers: dict | None = None) -> list[tuple[str, dict]]:
+def stream_events(api: ApiProcess, body: dict, headers: dict | None = None) -> list[tuple[str, Any]]:
     with httpx.stream("POST", f"{api.url}/generate", json=body, headers=headers, timeout=120) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -87,7 +89,7 @@ def metric(api: ApiProcess, name: str, headers: dict | None = None, **labels: st
     """Sum of the samples called `name` whose labels include `labels`."""
     text = httpx.get(f"{api.url}/metrics", headers=headers, timeout=10).text
     return sum(
-        sample.value
+        float(sample.value)
         for family in text_string_to_metric_families(text)
         for sample in family.samples
         if sample.name == name and labels.items() <= sample.labels.items()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -113,7 +114,8 @@ def test_invalid_arguments_are_rejected(client, api, arguments, field):
     with pytest.raises(openai.UnprocessableEntityError) as raised:
         client.chat.completions.create(**request)
 
-    assert field in [error["loc"][1] for error in raised.value.body["detail"]]
+    body: Any = raised.value.body
+    assert field in [error["loc"][1] for error in body["detail"]]
 
 
 def test_messages_split_into_system_history_and_prompt():

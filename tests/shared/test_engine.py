@@ -46,8 +46,9 @@ def collect(handle) -> tuple[list[str], DoneEvent]:
     raise AssertionError("the generation ended without a DoneEvent")
 
 
-def token_ids(engine: Engine, handle_text: str) -> list[int]:
-    return engine.current.tokenizer(handle_text, add_special_tokens=False)["input_ids"]
+def token_ids(engine: Engine, text: str) -> list[int]:
+    assert engine.current is not None
+    return engine.current.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def byte_token(tokenizer, byte: int) -> int:
