@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -31,18 +32,29 @@ class StreamRun:
         return self.tokens / self.seconds
 
 
-def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """Yield (event, data) pairs from server-sent-event lines; comments (pings) are skipped."""
-    event, data = "message", []
+@dataclass(frozen=True)
+class SseEvent:
+    event: str
+    data: str
+    id: str | None = None
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[SseEvent]:
+    """Yield the events of server-sent-event lines; comments (pings) are skipped."""
+    event: str = "message"
+    data: list[str] = []
+    event_id: str | None = None
     for line in lines:
         if not line:
             if data:
-                yield event, "\n".join(data)
-            event, data = "message", []
+                yield SseEvent(event, "\n".join(data), event_id)
+            event, data, event_id = "message", [], None
         elif line.startswith(":"):
             continue
         elif line.startswith("event:"):
             event = line.removeprefix("event:").strip()
+        elif line.startswith("id:"):
+            event_id = line.removeprefix("id:").strip()
         elif line.startswith("data:"):
             data.append(line.removeprefix("data:").removeprefix(" "))
 
@@ -65,13 +77,13 @@ def stream_generate(client: httpx.Client, prompt: str, max_new_tokens: int) -> S
     with client.stream("POST", "/generate", json=generate_body(prompt, max_new_tokens)) as response:
         if response.status_code != 200:
             raise RuntimeError(f"/generate returned {response.status_code}: {response.read().decode()}")
-        for event, data in parse_sse(response.iter_lines()):
-            if event == "token" and first_text is None:
+        for sse in parse_sse(response.iter_lines()):
+            if sse.event == "token" and first_text is None:
                 first_text = time.perf_counter() - started
-            elif event == "error":
-                raise RuntimeError(f"/generate sent an error event: {data}")
-            elif event == "done":
-                done = json.loads(data)
+            elif sse.event == "error":
+                raise RuntimeError(f"/generate sent an error event: {sse.data}")
+            elif sse.event == "done":
+                done = json.loads(sse.data)
                 return StreamRun(
                     tokens=done["usage"]["completion_tokens"],
                     seconds=time.perf_counter() - started,
@@ -82,7 +94,9 @@ def stream_generate(client: httpx.Client, prompt: str, max_new_tokens: int) -> S
     raise RuntimeError("/generate ended its stream without a done event")
 
 
-def run_concurrent_streams(base_url: str, prompts: list[str], max_new_tokens: int) -> tuple[list[StreamRun], float]:
+def run_concurrent_streams(
+    base_url: str, prompts: list[str], max_new_tokens: int
+) -> tuple[list[StreamRun], float]:
     """Stream one generation per prompt, all at once on threads; return the runs and the wall time.
 
     The wall time runs from the moment every thread is connected and released together to the end
@@ -104,10 +118,8 @@ def run_concurrent_streams(base_url: str, prompts: list[str], max_new_tokens: in
     threads = [threading.Thread(target=work, args=(index,), daemon=True) for index in range(len(prompts))]
     for thread in threads:
         thread.start()
-    try:
+    with contextlib.suppress(threading.BrokenBarrierError):  # A thread failed; its error is raised below.
         barrier.wait()
-    except threading.BrokenBarrierError:
-        pass  # A thread failed to connect; its error is raised below.
     started = time.perf_counter()
     for thread in threads:
         thread.join()

@@ -8,6 +8,7 @@ milliseconds, on the same machine as the client's clock, so no polling interval 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -50,10 +51,6 @@ def train_body(steps: int) -> dict:
     }
 
 
-def _event_time(event_id: str) -> float:
-    return int(event_id.split("-", 1)[0]) / 1000
-
-
 def wait_for_end(client: httpx.Client, job_id: str) -> dict:
     deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
@@ -69,34 +66,21 @@ def read_event_times(client: httpx.Client, job_id: str, posted_at: float) -> Job
     stages: dict[str, float] = {}
     with client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
         response.raise_for_status()
-        event_id = ""
-        for line in response.iter_lines():
-            if line.startswith("id:"):
-                event_id = line.removeprefix("id:").strip()
+        for sse in parse_sse(response.iter_lines()):
+            if sse.id is None or sse.event not in {"status", "progress"}:
                 continue
-            for kind, data in parse_sse([line, ""]) if line.startswith("data:") else []:
-                del kind
-                _record_stage(stages, event_id, data)
-        # parse_sse needs the event name, which precedes data; read it from the id line instead.
+            when = int(sse.id.split("-", 1)[0]) / 1000  # Stream ids are <milliseconds>-<sequence>.
+            data = json.loads(sse.data)
+            if sse.event == "status" and data.get("status") in {"started", "finished"}:
+                stages.setdefault(data["status"], when)
+            elif sse.event == "progress":
+                stages.setdefault("train_begin", when)
+                if (data.get("step") or 0) >= 1:
+                    stages.setdefault("first_step", when)
     missing = {"started", "train_begin", "first_step", "finished"} - set(stages)
     if missing:
         raise RuntimeError(f"job {job_id} has no event for: {', '.join(sorted(missing))}")
     return JobTimes(**{name: value - posted_at for name, value in stages.items()})
-
-
-def _record_stage(stages: dict[str, float], event_id: str, data: str) -> None:
-    import json
-
-    payload = json.loads(data)
-    when = _event_time(event_id)
-    if payload.get("status") == "started":
-        stages.setdefault("started", when)
-    elif payload.get("status") == "finished":
-        stages.setdefault("finished", when)
-    elif "step" in payload and "total_steps" in payload:
-        stages.setdefault("train_begin", when)
-        if payload["step"] >= 1:
-            stages.setdefault("first_step", when)
 
 
 def run_job(client: httpx.Client, steps: int) -> JobTimes:
@@ -134,6 +118,7 @@ def measure_queue(base_url: str, jobs: int, steps: int, warm_up: bool) -> Sectio
     rows = [
         [name, median(values), percentile(values, 95), min(values), max(values)] for name, values in stages
     ]
+    setup_share = 100 * median(stages[1][1]) / median(stages[3][1])
     return Section(
         key="queue",
         title="Queue latency",
@@ -152,9 +137,9 @@ def measure_queue(base_url: str, jobs: int, steps: int, warm_up: bool) -> Sectio
         notes=[
             "Stage times are the Redis Stream ids of the job's `status` and `progress` events (server "
             "clock, milliseconds) minus the client's clock at the POST, both on this machine.",
-            "Most of the first-step latency is the work process importing torch and transformers and "
-            "loading the model, a cost that rq's SpawnWorker pays per job so that each job starts with "
-            "fresh GPU memory.",
+            f"The stage from job start to the Trainer loop, where the fresh work process imports torch "
+            f"and transformers, loads the model and tokenizes the rows, takes {setup_share:.0f}% of the "
+            "median total. rq's SpawnWorker pays it per job so that each job starts with fresh GPU memory.",
         ],
         data={"jobs": [t.__dict__ for t in times]},
     )

@@ -22,7 +22,9 @@ logger = logging.getLogger(__name__)
 TARGET = 3.0  # Batched prediction gives at least 3x the samples per second of batch size 1.
 
 
-def run_prediction(workspace: Workspace, samples: int, max_new_tokens: int, batch_size: int) -> tuple[float, list[str]]:
+def run_prediction(
+    workspace: Workspace, samples: int, max_new_tokens: int, batch_size: int
+) -> tuple[float, list[str]]:
     """Run `run_evaluation` once; return its samples per second and its predictions."""
     from shared.eval.predict import PREDICTIONS_FILE, run_evaluation
 

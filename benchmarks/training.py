@@ -103,7 +103,11 @@ def lora_targets(model) -> list[str]:
     """Return the leaf names of every linear layer but the output head, our default LoRA targets."""
     import torch
 
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
     return sorted(names - {"lm_head"})
 
 
@@ -185,7 +189,9 @@ def measure_training(
     for round_index in range(rounds):
         for side in alternate(round_index, OURS, BASELINE):
             runs[side].append(runners[side](workspace, samples, batch_size))
-            logger.info("training round %d %s: %.2f samples/s", round_index, side, runs[side][-1].samples_per_second)
+            logger.info(
+                "training round %d %s: %.2f samples/s", round_index, side, runs[side][-1].samples_per_second
+            )
 
     lengths = dataset_lengths(workspace, samples)
     real_tokens = sum(lengths)
@@ -193,7 +199,10 @@ def measure_training(
         [run.samples_per_second for run in runs[OURS]], [run.samples_per_second for run in runs[BASELINE]]
     )
     rows = []
-    for side, label in ((OURS, "adgen train (group_by_length, dynamic padding)"), (BASELINE, "Trainer, max_length padding")):
+    for side, label in (
+        (OURS, "adgen train (group_by_length, dynamic padding)"),
+        (BASELINE, "Trainer, max_length padding"),
+    ):
         side_runs = runs[side]
         padded_per_pass = side_runs[0].padded_tokens
         rows.append(
@@ -212,7 +221,7 @@ def measure_training(
         measured="Samples per second of `run_training` (the code of `adgen train` and of training jobs) "
         "with our defaults: `group_by_length` batches and padding to the longest row of each batch.",
         baseline="A plain Hugging Face `Trainer` with the same peft LoRA configuration, random batches, "
-        "and every batch padded to the dataset's maximum length (`padding=\"max_length\"`).",
+        'and every batch padded to the dataset\'s maximum length (`padding="max_length"`).',
         settings={
             "rows": samples,
             "epochs": 1,
@@ -222,7 +231,14 @@ def measure_training(
             "rounds": rounds,
             "precision": "bf16" if _bf16() else "float32",
         },
-        columns=["side", "samples/s (median)", "loop s (median)", "steps", "tokens per row incl. padding", "real share of tokens"],
+        columns=[
+            "side",
+            "samples/s (median)",
+            "loop s (median)",
+            "steps",
+            "tokens per row incl. padding",
+            "real share of tokens",
+        ],
         rows=rows,
         ratio=ratio,
         ratio_name="ours ÷ baseline, samples/s, median of rounds",
@@ -233,15 +249,19 @@ def measure_training(
             "If every step cost the same per token, the ratio would be the baseline's padded tokens over "
             f"ours: {runs[BASELINE][0].padded_tokens / runs[OURS][0].padded_tokens:.2f}.",
         ],
-        data={
-            side: [run.__dict__ for run in side_runs] for side, side_runs in runs.items()
-        },
+        data={side: [run.__dict__ for run in side_runs] for side, side_runs in runs.items()},
     )
-    section.data["lengths"] = {"mean": real_tokens / len(lengths), "max": max(lengths), "real_tokens": real_tokens}
+    section.data["lengths"] = {
+        "mean": real_tokens / len(lengths),
+        "max": max(lengths),
+        "real_tokens": real_tokens,
+    }
     return section
 
 
-def training_flops_per_second(parameters: int, samples_per_second: float, padded_tokens_per_sample: float) -> float:
+def training_flops_per_second(
+    parameters: int, samples_per_second: float, padded_tokens_per_sample: float
+) -> float:
     """Estimate LoRA training FLOP/s as 4 x parameters x tokens per second.
 
     Forward is about 2 FLOPs per parameter and token; the backward pass computes activation
