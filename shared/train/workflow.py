@@ -122,7 +122,7 @@ def build_training_arguments(args: TrainArgs, output_dir: Path):
         seed=args.seed,
         fp16=fp16,
         bf16=bf16,
-        gradient_checkpointing=args.gradient_checkpointing,
+        activation_checkpointing=args.gradient_checkpointing,  # transformers 5 name of the flag.
         train_sampling_strategy="group_by_length" if args.group_by_length else "random",
         ddp_find_unused_parameters=args.ddp_find_unused_parameters,
         # Without CUDA, `accelerate launch --multi_gpu` processes train on the CPU over gloo.
