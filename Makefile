@@ -8,6 +8,11 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch; on a CUDA machine set TORCH_SPEC=torch (or install torch first).
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# make eval: the real ADGEN dev split, the lines held out per model, and optional adapters to compare.
+ADGEN_DEV ?= ../shared/data/AdvertiseGen/dev.json
+EVAL_DATASET ?= adgen_dev
+EVAL_SAMPLES ?= 100
+EVAL_ADAPTERS ?=
 
 .PHONY: help install test lint format data eval bench dev demo clean
 
@@ -38,8 +43,12 @@ format: $(STAMP) ## Format the code with ruff
 data: $(STAMP) ## Download the full ADGEN dataset into data/AdvertiseGen/
 	$(BIN)/python -m shared.data.download
 
-eval: $(STAMP) ## Evaluate Original and fine-tuned models on adgen_dev and print the ADGEN table
-	$(BIN)/adgen benchmark
+eval: $(STAMP) ## Print the ADGEN table: the held-out experiment, or Original vs EVAL_ADAPTERS on EVAL_DATASET
+ifeq ($(strip $(EVAL_ADAPTERS)),)
+	$(BIN)/adgen benchmark --protocol heldout --dev_file $(ADGEN_DEV) --samples $(EVAL_SAMPLES)
+else
+	$(BIN)/adgen benchmark --dataset $(EVAL_DATASET) --adapters $(EVAL_ADAPTERS) --samples $(EVAL_SAMPLES)
+endif
 
 bench: $(STAMP) ## Measure speed targets side by side; writes docs/benchmarks.md
 	$(BIN)/python -m benchmarks.run

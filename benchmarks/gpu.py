@@ -7,10 +7,11 @@ and HBM or GDDR bandwidth. A chip missing from the table reports its share as un
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.report import Section
+from benchmarks.report import TITLES, Section
 
 
 @dataclass(frozen=True)
@@ -19,13 +20,15 @@ class ChipPeak:
     bandwidth: float  # Bytes per second.
 
 
-# Matched in order against the CUDA device name; the first entry whose words all occur wins.
-PEAKS: list[tuple[tuple[str, ...], ChipPeak]] = [
+# Matched in order against the words of the CUDA device name, split at spaces and hyphens. The
+# first entry whose words all occur wins. A None peak means that the variant's peak is not listed.
+PEAKS: list[tuple[tuple[str, ...], ChipPeak | None]] = [
+    (("H200", "NVL"), None),
     (("H200",), ChipPeak(989e12, 4.8e12)),
     (("H100", "PCIe"), ChipPeak(756e12, 2.0e12)),
-    (("H100",), ChipPeak(989e12, 3.35e12)),  # SXM.
+    (("H100", "HBM3"), ChipPeak(989e12, 3.35e12)),  # SXM, named "NVIDIA H100 80GB HBM3".
     (("A100", "80GB"), ChipPeak(312e12, 2.0e12)),
-    (("A100",), ChipPeak(312e12, 1.555e12)),  # 40 GB.
+    (("A100", "40GB"), ChipPeak(312e12, 1.555e12)),
     (("L40S",), ChipPeak(362e12, 864e9)),
     (("A10",), ChipPeak(125e12, 600e9)),
     (("L4",), ChipPeak(121e12, 300e9)),
@@ -33,8 +36,9 @@ PEAKS: list[tuple[tuple[str, ...], ChipPeak]] = [
 
 
 def find_peak(device_name: str) -> ChipPeak | None:
-    for words, peak in PEAKS:
-        if all(word in device_name for word in words):
+    words = set(re.split(r"[\s-]+", device_name))
+    for required, peak in PEAKS:
+        if all(word in words for word in required):
             return peak
     return None
 
@@ -42,7 +46,7 @@ def find_peak(device_name: str) -> ChipPeak | None:
 def no_gpu_section() -> Section:
     return Section(
         key="gpu",
-        title="GPU efficiency",
+        title=TITLES["gpu"],
         measured="Training FLOP/s as a share of the chip's peak and decode speed as a share of its "
         "memory-bandwidth bound.",
         baseline="The chip's datasheet peak.",
@@ -102,7 +106,7 @@ def gpu_section(
             rows.append(["share of the bound", "unknown"])
     return Section(
         key="gpu",
-        title="GPU efficiency",
+        title=TITLES["gpu"],
         measured="Training FLOP/s of `adgen train` as a share of the chip's dense bf16 peak, and "
         "single-stream decode speed of the API as a share of the memory-bandwidth bound.",
         baseline=f"Datasheet peaks of {name}: "

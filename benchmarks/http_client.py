@@ -19,7 +19,7 @@ REQUEST_TIMEOUT_SECONDS = 300
 
 @dataclass(frozen=True)
 class StreamRun:
-    """One generation as its client saw it; times are seconds from the request (or call) start."""
+    """One generation as its client saw it. Times are seconds from the start of the request or call."""
 
     tokens: int  # Generated tokens as the server counts them (the stop token included).
     seconds: float
@@ -40,7 +40,7 @@ class SseEvent:
 
 
 def parse_sse(lines: Iterable[str]) -> Iterator[SseEvent]:
-    """Yield the events of server-sent-event lines; comments (pings) are skipped."""
+    """Yield the events of server-sent-event lines, skipping comments (pings)."""
     event: str = "message"
     data: list[str] = []
     event_id: str | None = None
@@ -60,7 +60,7 @@ def parse_sse(lines: Iterable[str]) -> Iterator[SseEvent]:
 
 
 def generate_body(prompt: str, max_new_tokens: int) -> dict[str, Any]:
-    """Return a greedy /generate request with the ADGEN source prefix, as training used."""
+    """Return the body of a greedy, streamed /generate request with the ADGEN source prefix."""
     return {
         "content": prompt,
         "max_new_tokens": max_new_tokens,
@@ -97,7 +97,7 @@ def stream_generate(client: httpx.Client, prompt: str, max_new_tokens: int) -> S
 def run_concurrent_streams(
     base_url: str, prompts: list[str], max_new_tokens: int
 ) -> tuple[list[StreamRun], float]:
-    """Stream one generation per prompt, all at once on threads; return the runs and the wall time.
+    """Stream one generation per prompt, all at once on threads, and return the runs and the wall time.
 
     The wall time runs from the moment every thread is connected and released together to the end
     of the last stream.
@@ -118,7 +118,7 @@ def run_concurrent_streams(
     threads = [threading.Thread(target=work, args=(index,), daemon=True) for index in range(len(prompts))]
     for thread in threads:
         thread.start()
-    with contextlib.suppress(threading.BrokenBarrierError):  # A thread failed; its error is raised below.
+    with contextlib.suppress(threading.BrokenBarrierError):  # A thread failed, and its error is raised below.
         barrier.wait()
     started = time.perf_counter()
     for thread in threads:

@@ -1,7 +1,7 @@
 """Queue latency: from `POST /v1/jobs/train` to the job's first optimizer step, with real rq workers.
 
 Jobs are submitted one at a time to an idle stack, each after the previous one ended, so the
-figure is the latency a user sees, not time spent queueing behind other jobs. Stage times come
+figure is the latency of an idle stack, not time spent queueing behind other jobs. Stage times come
 from the job's event stream: each Redis Stream id starts with the server's clock in
 milliseconds, on the same machine as the client's clock, so no polling interval blurs them.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import httpx
 
 from benchmarks.http_client import REQUEST_TIMEOUT_SECONDS, parse_sse
-from benchmarks.report import Section
+from benchmarks.report import TITLES, Section
 from benchmarks.stats import median, percentile
 from benchmarks.workspace import DATASET
 from shared.hparams import ADGEN_SOURCE_PREFIX
@@ -97,7 +97,7 @@ def run_job(client: httpx.Client, steps: int) -> JobTimes:
 
 
 def measure_queue(base_url: str, jobs: int, steps: int, warm_up: bool) -> Section:
-    """Run `jobs` tiny training jobs one after another; report stage latencies."""
+    """Run `jobs` tiny training jobs one after another and report their stage latencies."""
     times: list[JobTimes] = []
     with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_SECONDS) as client:
         if warm_up:
@@ -121,7 +121,7 @@ def measure_queue(base_url: str, jobs: int, steps: int, warm_up: bool) -> Sectio
     setup_share = 100 * median(stages[1][1]) / median(stages[3][1])
     return Section(
         key="queue",
-        title="Queue latency",
+        title=TITLES["queue"],
         measured="Seconds from `POST /v1/jobs/train` to the job's first optimizer step, over tiny "
         "training jobs run by the trainer worker of the local stack (a fresh work process per job).",
         baseline="None: no target was set for this latency. The stages show where the time goes.",

@@ -57,7 +57,7 @@ def gpu_description() -> str:
 
 
 def describe_machine() -> dict[str, Any]:
-    """Return the machine table of the report; the load average is the one at the start of the run."""
+    """Return the machine table of the report, with the load average at the start of the run."""
     import torch
 
     description: dict[str, Any] = {

@@ -9,6 +9,14 @@ from typing import Any
 
 MARKDOWN_FILE = "benchmarks.md"
 JSON_FILE = "benchmarks.json"
+TITLES = {
+    "training": "Training throughput",
+    "prediction": "Batched prediction",
+    "streaming": "Streaming overhead",
+    "concurrency": "Concurrent streams",
+    "queue": "Queue latency",
+    "gpu": "GPU efficiency",
+}
 
 
 @dataclass
@@ -17,16 +25,16 @@ class Section:
 
     key: str
     title: str
-    measured: str  # What was measured, one or two sentences.
+    measured: str  # Description of the measurement, one or two sentences.
     baseline: str
     settings: dict[str, Any]
     columns: list[str]
     rows: list[list[Any]]
     ratio: float | None = None
-    ratio_name: str = ""  # How the ratio is formed, e.g. "API tokens/s ÷ plain tokens/s".
-    target: float | None = None  # Minimum ratio; None for a section without a target.
+    ratio_name: str = ""  # Formula of the ratio, e.g. "API tokens/s ÷ plain tokens/s".
+    target: float | None = None  # Minimum ratio, or None for a section without a target.
     notes: list[str] = field(default_factory=list)
-    explanation: str | None = None  # Why the target was missed, when it was.
+    explanation: str | None = None  # Reason the target was missed, when it was.
     data: dict[str, Any] = field(default_factory=dict)  # Per-run figures, for the JSON file only.
     error: str | None = None  # Set when the section could not run.
 
@@ -55,14 +63,16 @@ class Section:
         return document
 
 
-def failed_section(key: str, title: str, error: str) -> Section:
+def failed_section(key: str, error: str) -> Section:
     """Return the section of a measurement that raised, so the report still lists it."""
-    return Section(key, title, "", "", {}, [], [], error=error)
+    return Section(key, TITLES[key], "", "", {}, [], [], error=error)
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return "–"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
     return str(value).replace("|", "\\|")
@@ -111,7 +121,7 @@ def render_markdown(header: dict[str, Any], sections: list[Section]) -> str:
 
 
 def write_report(output_dir: Path, header: dict[str, Any], sections: list[Section]) -> tuple[Path, Path]:
-    """Write benchmarks.md and benchmarks.json into `output_dir`; return both paths."""
+    """Write benchmarks.md and benchmarks.json into `output_dir` and return both paths."""
     output_dir.mkdir(parents=True, exist_ok=True)
     markdown_path = output_dir / MARKDOWN_FILE
     json_path = output_dir / JSON_FILE

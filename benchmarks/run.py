@@ -1,9 +1,16 @@
 """`python -m benchmarks.run` (`make bench`): run every benchmark once and write the report.
 
-Order: the in-process measurements (training, prediction) run first, with no server; then one
-local stack (redis-server, both rq workers and the API) serves streaming, concurrency and the
-queue; the GPU figures are derived last from the others. A section that fails is reported as
-not measured and the others still run.
+The in-process measurements (training, prediction) run first, with no server. Then one local
+stack (redis-server, both rq workers and the API) serves streaming, concurrency and the queue.
+The GPU figures are derived last from the others. A section that fails is reported as not
+measured, and the others still run.
+
+OpenMP's wait policy is set to PASSIVE for this process and the stack's children, unless the
+environment sets OMP_WAIT_POLICY. With the default policy, OpenMP threads spin while they wait;
+on a machine whose cores are all busy (the shared 2-core machine this runs on), a spinning
+thread that the kernel deschedules stalls every parallel region of its process, and a decode
+step of the tiny model took 30 to 50 ms instead of 4 ms in whichever process it hit. That random
+penalty would decide the ratios, so both sides of every comparison run with PASSIVE.
 """
 
 from __future__ import annotations
@@ -15,62 +22,18 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from benchmarks.report import Section, failed_section, write_report
+from benchmarks.profile import FULL, QUICK, Profile
+from benchmarks.report import TITLES, Section, failed_section, write_report
+from benchmarks.stack_sections import STACK_SECTIONS, run_stack_sections
 from benchmarks.workspace import REPO, Workspace, choose_data_file, create_workspace
 
 logger = logging.getLogger("benchmarks.run")
 
 SECTIONS = ("training", "prediction", "streaming", "concurrency", "queue", "gpu")
-STACK_SECTIONS = {"streaming", "concurrency", "queue"}
-READY_TIMEOUT_SECONDS = 300
-CANDIDATE_PROMPTS = 32  # Prompts tried for streams that run to max_new_tokens without a stop token.
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Sizes of one run; `FULL` is `make bench`, `QUICK` a smoke run of every section."""
-
-    stream_prompts: int = 3
-    stream_rounds: int = 3
-    stream_tokens: int = 128
-    concurrency_levels: tuple[int, ...] = (1, 4, 8)
-    concurrency_rounds: int = 3
-    concurrency_tokens: int = 128
-    train_samples: int = 96
-    train_batch_size: int = 8
-    train_rounds: int = 2
-    predict_samples: int = 32
-    predict_batch_size: int = 16
-    predict_tokens: int = 32
-    predict_rounds: int = 2
-    queue_jobs: int = 8
-    queue_steps: int = 2
-    warm_up: bool = True
-
-
-FULL = Profile()
-QUICK = Profile(
-    stream_prompts=1,
-    stream_rounds=1,
-    stream_tokens=8,
-    concurrency_rounds=1,
-    concurrency_tokens=8,
-    train_samples=8,
-    train_rounds=1,
-    predict_samples=4,
-    predict_batch_size=4,
-    predict_tokens=4,
-    predict_rounds=1,
-    queue_jobs=1,
-    queue_steps=1,
-    warm_up=False,
-)
+OMP_WAIT_POLICY = "PASSIVE"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -100,145 +63,59 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="CPU threads of torch in this process and the stack's (sets OMP_NUM_THREADS); default: torch's.",
     )
     parser.add_argument("--keep-workdir", action="store_true", help="Keep the temporary workspace.")
+
     args = parser.parse_args(argv)
     args.sections = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         parser.error(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if args.torch_threads is not None and args.torch_threads < 1:
+        parser.error(f"--torch-threads must be at least 1, got {args.torch_threads}")
     return args
 
 
-def guarded(key: str, title: str, measure: Callable[[], Section]) -> Section:
-    """Run one measurement; a failure becomes a section that says so, and the run goes on."""
+def guarded(key: str, measure: Callable[[], Section]) -> Section:
+    """Run one measurement. A failure becomes a section that reports it, and the run goes on."""
     started = time.monotonic()
     logger.info("measuring %s", key)
     try:
         section = measure()
     except Exception as error:
         logger.exception("benchmark %s failed", key)
-        return failed_section(key, title, f"{type(error).__name__}: {error}")
+        return failed_section(key, f"{type(error).__name__}: {error}")
     section.settings["section time (s)"] = round(time.monotonic() - started)
     return section
 
 
-def candidate_prompts(workspace: Workspace, count: int) -> list[str]:
-    from benchmarks.workspace import DATASET
-    from shared.data.registry import load_examples
-
-    return [example.prompt for example in load_examples(DATASET, workspace.data_dir, max_samples=count)]
-
-
-def wait_for_model(base_url: str) -> None:
-    """Wait until /readyz reports a loaded model and a reachable Redis."""
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the API at {base_url} had no model loaded after {READY_TIMEOUT_SECONDS}s")
-
-
-def run_stack_sections(
-    workspace: Workspace, profile: Profile, wanted: list[str], results: dict[str, Section]
-) -> None:
-    """Start one local stack and run the sections that need it."""
-    from benchmarks.concurrency import measure_concurrency
-    from benchmarks.job_queue import measure_queue
-    from benchmarks.streaming import PlainModel, measure_streaming, select_prompts
-    from shared.devstack import LocalStack, free_port
-
-    stack = LocalStack(workspace.settings(), free_port(), log_file=workspace.root / "stack.log")
-    with stack:
-        stack.wait_ready(READY_TIMEOUT_SECONDS)
-        wait_for_model(stack.api_url)
-        needed = max(profile.stream_prompts, max(profile.concurrency_levels))
-        prompts: list[str] = []
-        if {"streaming", "concurrency"} & set(wanted):
-            prompts = select_prompts(
-                stack.api_url,
-                candidate_prompts(workspace, CANDIDATE_PROMPTS),
-                max(profile.stream_tokens, profile.concurrency_tokens),
-                needed,
-            )
-        if "streaming" in wanted:
-            results["streaming"] = guarded(
-                "streaming",
-                "Streaming overhead",
-                lambda: measure_streaming(
-                    stack.api_url,
-                    PlainModel.load(workspace.model_path),
-                    prompts[: profile.stream_prompts],
-                    profile.stream_tokens,
-                    profile.stream_rounds,
-                ),
-            )
-        if "concurrency" in wanted:
-            results["concurrency"] = guarded(
-                "concurrency",
-                "Concurrent streams",
-                lambda: measure_concurrency(
-                    stack.api_url,
-                    prompts,
-                    profile.concurrency_levels,
-                    profile.concurrency_tokens,
-                    profile.concurrency_rounds,
-                ),
-            )
-        if "queue" in wanted:
-            results["queue"] = guarded(
-                "queue",
-                "Queue latency",
-                lambda: measure_queue(
-                    stack.api_url, profile.queue_jobs, profile.queue_steps, profile.warm_up
-                ),
-            )
-
-
-def run_sections(workspace: Workspace, profile: Profile, wanted: list[str]) -> list[Section]:
+def run_sections(workspace: Workspace, profile: Profile, selected: list[str]) -> list[Section]:
     from benchmarks.prediction import measure_prediction
     from benchmarks.training import measure_training
 
     results: dict[str, Section] = {}
-    if "training" in wanted:
+    if "training" in selected:
         results["training"] = guarded(
             "training",
-            "Training throughput",
             lambda: measure_training(
-                workspace,
-                profile.train_samples,
-                profile.train_batch_size,
-                profile.train_rounds,
-                profile.warm_up,
+                workspace, profile.train_rows, profile.train_batch_size, profile.train_rounds, profile.warm_up
             ),
         )
-    if "prediction" in wanted:
+    if "prediction" in selected:
         results["prediction"] = guarded(
             "prediction",
-            "Batched prediction",
             lambda: measure_prediction(
                 workspace,
-                profile.predict_samples,
+                profile.predict_rows,
                 profile.predict_tokens,
                 profile.predict_batch_size,
                 profile.predict_rounds,
                 profile.warm_up,
             ),
         )
-    stack_wanted = [name for name in wanted if name in STACK_SECTIONS]
-    if stack_wanted:
-        try:
-            run_stack_sections(workspace, profile, stack_wanted, results)
-        except Exception as error:
-            logger.exception("the local stack failed; see %s", workspace.root / "stack.log")
-            for name in stack_wanted:
-                results.setdefault(
-                    name, failed_section(name, name.capitalize(), f"{type(error).__name__}: {error}")
-                )
-    if "gpu" in wanted:
-        results["gpu"] = guarded("gpu", "GPU efficiency", lambda: gpu_figures(workspace, results))
+    on_stack = [name for name in selected if name in STACK_SECTIONS]
+    if on_stack:
+        results.update(run_stack_sections(workspace, profile, on_stack, guarded))
+    if "gpu" in selected:
+        results["gpu"] = guarded("gpu", lambda: gpu_figures(workspace, results))
     return [results[name] for name in SECTIONS if name in results]
 
 
@@ -254,7 +131,7 @@ def gpu_figures(workspace: Workspace, results: dict[str, Section]) -> Section:
     concurrency = results.get("concurrency")
     single_stream = None
     if concurrency is not None and not concurrency.error:
-        single_stream = concurrency.rows[0][1]  # Total tokens/s of the lowest level, one stream.
+        single_stream = concurrency.rows[0][1]  # Total tokens/s of one stream through the API.
     return gpu_section(
         str(workspace.model_path),
         describe_runs(training) if training is not None and not training.error else None,
@@ -262,32 +139,39 @@ def gpu_figures(workspace: Workspace, results: dict[str, Section]) -> Section:
     )
 
 
+def describe_data(data_file: Path) -> str:
+    """Name the data file (its path in the repository, else its file name) and count its lines."""
+    name = str(data_file.relative_to(REPO)) if data_file.is_relative_to(REPO) else data_file.name
+    lines = sum(1 for line in data_file.read_text(encoding="utf-8-sig").splitlines() if line.strip())
+    return f"ADGEN lines from {name} ({lines} lines); the tiny model's tokenizer is trained on them"
+
+
 def build_header(
     workspace: Workspace, profile: Profile, args: argparse.Namespace, machine: dict, seconds: float
 ) -> dict[str, Any]:
     from benchmarks.machine import load_average
 
-    data_file = workspace.data_file
-    shown = os.path.relpath(data_file, REPO) if data_file.is_relative_to(REPO.parent) else str(data_file)
-    lines = sum(1 for line in data_file.read_text(encoding="utf-8-sig").splitlines() if line.strip())
     machine = {**machine, "load average at end (1, 5, 15 min)": load_average()}
     settings = {
         "command": "python -m benchmarks.run" + (" --quick" if args.quick else ""),
         "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "total runtime": f"{seconds / 60:.1f} min",
-        "data": f"{shown} ({lines} lines); the tiny model's tokenizer is trained on these lines",
+        "data": describe_data(workspace.data_file),
         "model": "tiny-glm (GlmForCausalLM, 4 layers, hidden size 256, random weights)",
-        "torch threads": args.torch_threads or "torch default",
-        **{key: value for key, value in asdict(profile).items() if key != "warm_up"},
-        "warm-up runs": "yes" if profile.warm_up else "no",
+        "torch threads": args.torch_threads or "torch's default",
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        **profile.describe(),
     }
     intro = [
         "Written by `make bench` (`python -m benchmarks.run`). Every figure is measured next to its "
-        "baseline in the same run on the same machine; the two sides alternate round by round after a "
+        "baseline in the same run on the same machine. The sides alternate round by round after a "
         "warm-up, and each ratio is the median of the per-round ratios.",
         "",
-        "The machine is a shared 2-core virtual machine: absolute numbers move with the load of other "
-        "processes (see the load averages below), ratios much less. Rerun `make bench` to refresh this page.",
+        "The machine is a shared 2-core virtual machine, so absolute numbers move with the load of other "
+        "processes (see the load averages below); ratios move much less. OpenMP threads wait passively "
+        "(`OMP_WAIT_POLICY=PASSIVE`) in every process of the run: with the default spin-waiting, a busy "
+        "machine made whichever process it hit 4 to 8 times slower at random. Rerun `make bench` to "
+        "refresh this page.",
     ]
     return {"intro": intro, "machine": machine, "settings": settings}
 
@@ -298,11 +182,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging()
+    # Before torch loads, so that this process and the stack's children wait alike.
+    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     if args.torch_threads:
-        import torch
-
         os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)
-        torch.set_num_threads(args.torch_threads)
     profile = QUICK if args.quick else FULL
     started = time.monotonic()
     machine = describe_machine()
@@ -316,14 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     sections = run_sections(workspace, profile, args.sections)
     header = build_header(workspace, profile, args, machine, time.monotonic() - started)
     markdown_path, json_path = write_report(args.output_dir, header, sections)
+
     failed = [section.key for section in sections if section.error]
     if args.keep_workdir or failed:
-        logger.info("kept the workspace %s (stack log: stack.log)", workspace.root)
+        logger.info("kept the workspace %s (the stack's log is stack.log in it)", workspace.root)
     else:
         workspace.remove()
     print(f"wrote {markdown_path} and {json_path} in {(time.monotonic() - started) / 60:.1f} min")
     for section in sections:
-        print(f"  {section.title}: {section.verdict()}")
+        print(f"  {TITLES[section.key]}: {section.verdict()}")
     return 1 if failed else 0
 
 

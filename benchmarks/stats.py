@@ -22,7 +22,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def paired_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
-    """Return the median of per-round ratios; rounds pair measurements taken back to back."""
+    """Return the median of per-round ratios. Each round pairs two measurements taken back to back."""
     if len(numerators) != len(denominators) or not numerators:
         raise ValueError("paired_ratio needs two lists of the same, non-zero length")
     return median([top / bottom for top, bottom in zip(numerators, denominators, strict=True)])

@@ -1,9 +1,11 @@
 """Streaming overhead: POST /generate over HTTP against `model.generate` with a TextIteratorStreamer.
 
-Both sides decode greedily on the same weights, prompt and template, and generate exactly the
-same number of tokens: prompts are chosen where the API's greedy answer runs to `max_new_tokens`
-without a stop token, and the plain side passes `min_new_tokens = max_new_tokens`, which changes
-no greedy token when no stop token would win anyway.
+A third side, the serving engine called in this process without HTTP, splits the API's cost into
+the engine's share and the share of HTTP and server-sent events. All sides decode greedily on the
+same weights, prompt and template, and generate exactly the same number of tokens. The prompts
+are those whose greedy answer on the API runs to `max_new_tokens` without a stop token. The plain
+side also passes `min_new_tokens = max_new_tokens`, which changes no greedy token when no stop
+token would win anyway.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from typing import Any
 import httpx
 
 from benchmarks.http_client import REQUEST_TIMEOUT_SECONDS, StreamRun, run_concurrent_streams, stream_generate
-from benchmarks.report import Section
-from benchmarks.stats import alternate, median, paired_ratio
+from benchmarks.report import TITLES, Section
+from benchmarks.stats import median, paired_ratio
 from shared.hparams import ADGEN_SOURCE_PREFIX
 
 logger = logging.getLogger(__name__)
 
 TARGET = 0.9  # The API keeps at least 90% of the plain tokens per second.
-API, PLAIN = "api", "plain"
+API, ENGINE, PLAIN = "api", "engine", "plain"
 
 
 @dataclass
@@ -57,21 +59,26 @@ class PlainModel:
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=REQUEST_TIMEOUT_SECONDS
         )
         outputs: list[Any] = []
+        failures: list[BaseException] = []
         started = time.perf_counter()
         input_ids = torch.tensor([prompt_ids], device=self.device)
 
         def generate() -> None:
-            with torch.inference_mode():
-                outputs.append(
-                    self.model.generate(
-                        input_ids=input_ids,
-                        attention_mask=torch.ones_like(input_ids),
-                        max_new_tokens=max_new_tokens,
-                        min_new_tokens=max_new_tokens,
-                        do_sample=False,
-                        streamer=streamer,
+            try:
+                with torch.inference_mode():
+                    outputs.append(
+                        self.model.generate(
+                            input_ids=input_ids,
+                            attention_mask=torch.ones_like(input_ids),
+                            max_new_tokens=max_new_tokens,
+                            min_new_tokens=max_new_tokens,
+                            do_sample=False,
+                            streamer=streamer,
+                        )
                     )
-                )
+            except BaseException as error:  # Re-raised on the calling thread below.
+                failures.append(error)
+                streamer.end()  # Ends the iteration below instead of waiting for its timeout.
 
         thread = threading.Thread(target=generate, daemon=True)
         thread.start()
@@ -83,6 +90,8 @@ class PlainModel:
             pieces.append(piece)
         thread.join()
         seconds = time.perf_counter() - started
+        if failures:
+            raise RuntimeError(f"model.generate failed: {failures[0]}") from failures[0]
         return StreamRun(
             tokens=int(outputs[0].shape[1]) - len(prompt_ids),
             seconds=seconds,
@@ -90,6 +99,28 @@ class PlainModel:
             text="".join(pieces),
             finish_reason="length",
         )
+
+
+def engine_stream(engine, prompt: str, max_new_tokens: int) -> StreamRun:
+    """Stream one greedy generation from an in-process `Engine`, without HTTP, and time it."""
+    from shared.inference.params import GenerationParams
+    from shared.inference.requests import DoneEvent, TokenEvent
+
+    started = time.perf_counter()
+    first_text = None
+    handle = engine.submit(prompt, GenerationParams(max_new_tokens=max_new_tokens, do_sample=False))
+    for event in handle:
+        if isinstance(event, TokenEvent) and first_text is None:
+            first_text = time.perf_counter() - started
+        elif isinstance(event, DoneEvent):
+            return StreamRun(
+                tokens=event.completion_tokens,
+                seconds=time.perf_counter() - started,
+                first_text_seconds=first_text,
+                text=event.text,
+                finish_reason=event.finish_reason,
+            )
+    raise RuntimeError(f"engine generation failed: {event}")
 
 
 def select_prompts(base_url: str, candidates: list[str], max_new_tokens: int, count: int) -> list[str]:
@@ -126,43 +157,65 @@ def _summary_row(name: str, runs: list[StreamRun]) -> list[Any]:
     ]
 
 
+def _order(round_index: int) -> tuple[str, ...]:
+    """Rotate the three sides, so that each runs first, second and third equally often."""
+    sides = (PLAIN, ENGINE, API)
+    shift = round_index % len(sides)
+    return sides[shift:] + sides[:shift]
+
+
+def _explain_miss(api_vs_plain: float, engine_vs_plain: float, api_vs_engine: float) -> str:
+    """Say which layer loses the throughput: the engine itself, or HTTP and server-sent events."""
+    from benchmarks.machine import usable_cores
+
+    lost_to_engine = 1 - engine_vs_plain
+    lost_to_http = engine_vs_plain - api_vs_plain
+    layer = "the engine's decode loop" if lost_to_engine >= lost_to_http else "HTTP and server-sent events"
+    return (
+        f"Without HTTP the engine keeps {engine_vs_plain:.0%} of the plain rate, and HTTP with "
+        f"server-sent events keeps {api_vs_engine:.0%} of the engine's, so most of the loss is in {layer}. "
+        f"The API's event loop, its decode thread and the benchmark's HTTP client share {usable_cores()} cores."
+    )
+
+
 def measure_streaming(
-    base_url: str, plain: PlainModel, prompts: list[str], max_new_tokens: int, rounds: int
+    base_url: str, plain: PlainModel, engine, prompts: list[str], max_new_tokens: int, rounds: int
 ) -> Section:
-    """Alternate plain and API runs of each prompt for `rounds` rounds; compare tokens per second."""
-    runs: dict[str, list[StreamRun]] = {API: [], PLAIN: []}
+    """Rotate plain, in-process engine and API runs of each prompt for `rounds` rounds."""
+    runs: dict[str, list[StreamRun]] = {API: [], ENGINE: [], PLAIN: []}
     with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_SECONDS) as client:
-        plain.stream(prompts[0], max_new_tokens)  # Warm-up of the in-process model.
-        stream_generate(client, prompts[0], max_new_tokens)
+        runners = {
+            API: lambda prompt: stream_generate(client, prompt, max_new_tokens),
+            ENGINE: lambda prompt: engine_stream(engine, prompt, max_new_tokens),
+            PLAIN: lambda prompt: plain.stream(prompt, max_new_tokens),
+        }
+        for runner in runners.values():
+            runner(prompts[0])  # Warm-up.
         for round_index in range(rounds):
             for prompt_index, prompt in enumerate(prompts):
-                for side in alternate(round_index + prompt_index, PLAIN, API):
-                    if side == API:
-                        runs[API].append(stream_generate(client, prompt, max_new_tokens))
-                    else:
-                        runs[PLAIN].append(plain.stream(prompt, max_new_tokens))
+                for side in _order(round_index + prompt_index):
+                    runs[side].append(runners[side](prompt))
     for side, side_runs in runs.items():
         wrong = [run.tokens for run in side_runs if run.tokens != max_new_tokens]
         if wrong:
             raise RuntimeError(f"{side} runs generated {wrong} tokens instead of {max_new_tokens}")
 
-    api_rates = [run.tokens_per_second for run in runs[API]]
-    plain_rates = [run.tokens_per_second for run in runs[PLAIN]]
-    ratio = paired_ratio(api_rates, plain_rates)
-    api_first = median([run.first_text_seconds or 0.0 for run in runs[API]])
-    plain_first = median([run.first_text_seconds or 0.0 for run in runs[PLAIN]])
-    per_token_overhead_ms = (1 / median(api_rates) - 1 / median(plain_rates)) * 1000
+    rates = {side: [run.tokens_per_second for run in side_runs] for side, side_runs in runs.items()}
+    ratio = paired_ratio(rates[API], rates[PLAIN])
+    engine_vs_plain = paired_ratio(rates[ENGINE], rates[PLAIN])
+    api_vs_engine = paired_ratio(rates[API], rates[ENGINE])
+    per_token_overhead_ms = (1 / median(rates[API]) - 1 / median(rates[PLAIN])) * 1000
     same_text = sum(
         api.text == plain_run.text.replace("\ufffd", "")
         for api, plain_run in zip(runs[API], runs[PLAIN], strict=True)
     )
     section = Section(
         key="streaming",
-        title="Streaming overhead",
+        title=TITLES["streaming"],
         measured="Tokens per second and time to first text of `POST /generate` (server-sent events, "
         "greedy), timed at an HTTP client against the uvicorn subprocess of the local stack.",
-        baseline="`model.generate` with a `TextIteratorStreamer` in this process, on the same weights, "
-        "device, prompt, chat template and number of new tokens.",
+        baseline="`model.generate` with a `TextIteratorStreamer` in the benchmark's process, on the same "
+        "weights, device, prompt, chat template and number of new tokens.",
         settings={
             "prompts": len(prompts),
             "rounds": rounds,
@@ -177,16 +230,21 @@ def measure_streaming(
             "first text ms (median)",
             "s per run",
         ],
-        rows=[_summary_row("API /generate", runs[API]), _summary_row("plain generate", runs[PLAIN])],
+        rows=[
+            _summary_row("API /generate (HTTP, SSE)", runs[API]),
+            _summary_row("engine in-process, no HTTP (diagnostic)", runs[ENGINE]),
+            _summary_row("plain generate (baseline)", runs[PLAIN]),
+        ],
         ratio=ratio,
         ratio_name="API tokens/s ÷ plain tokens/s, median of paired runs",
         target=TARGET,
         notes=[
-            f"Time to first text: API {api_first * 1000:.0f} ms, plain {plain_first * 1000:.0f} ms.",
+            f"Engine without HTTP ÷ plain: {engine_vs_plain:.2f}×; API ÷ engine without HTTP: "
+            f"{api_vs_engine:.2f}× (medians of paired runs).",
             f"The API spends {per_token_overhead_ms:+.2f} ms per token more than the plain loop "
             "(from the median rates).",
-            f"Streamed text identical on both sides in {same_text} of {len(runs[API])} paired runs "
-            "(greedy decoding on the same weights).",
+            f"Streamed text identical on the API and plain sides in {same_text} of {len(runs[API])} "
+            "paired runs (greedy decoding on the same weights).",
         ],
         data={
             side: [
@@ -196,6 +254,8 @@ def measure_streaming(
             for side, side_runs in runs.items()
         },
     )
+    if ratio < TARGET:
+        section.explanation = _explain_miss(ratio, engine_vs_plain, api_vs_engine)
     section.data["prompts"] = prompts
-    logger.info("streaming: API/plain = %.2f", ratio)
+    logger.info("streaming: API/plain = %.2f, engine/plain = %.2f", ratio, engine_vs_plain)
     return section

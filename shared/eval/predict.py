@@ -1,9 +1,10 @@
 """`adgen eval`: generate ad copy for a dataset, score it with BLEU-4 and ROUGE, and measure the loss.
 
-The flags and output files are those of ChatGLM-Efficient-Tuning's `--do_eval --predict_with_generate`
-(generated_predictions.jsonl, all_results.json with `predict_*` keys). Divergences from that tool:
+The flags are those of ChatGLM-Efficient-Tuning's evaluation command (`--do_eval --checkpoint_dir
+--predict_with_generate`), and the output files those of its prediction mode: generated_predictions.jsonl
+and all_results.json with `predict_*` keys. Divergences from that tool:
 
-- Decoding is greedy unless `--do_sample` is given, so two runs of the same model score the same.
+- Decoding is greedy unless `--do_sample` is given, so runs of one model on one machine score the same.
 - Prompts are generated in dataset order, in batches padded on the left. Each prompt gets its own
   budget of `max_new_tokens`, so a long prompt never shortens the answers of the others.
 - generated_predictions.jsonl is appended and flushed after each batch. A rerun with the same
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_FILE = "generated_predictions.jsonl"
 RESULTS_FILE = "all_results.json"
 SETTINGS_FILE = "eval_settings.json"
-# Settings that change the predictions; a resumed run must match the first run on each of them.
+# Settings that change the predictions. A resumed run must match the first run on each of them.
 RESUME_KEYS = (
     "dataset",
     "model_path",
@@ -98,7 +99,15 @@ def read_base_record(adapter: str) -> dict[str, Any] | None:
     path = Path(adapter) / BASE_RECORD
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise EvaluationSetupError(
+            f"invalid JSON in {path}: {error}; retrain the adapter or fix the file"
+        ) from error
+    if not isinstance(record, dict):
+        raise EvaluationSetupError(f"{path} must contain a JSON object; retrain the adapter or fix the file")
+    return record
 
 
 def _check_recorded_base(model_path: str, record: dict[str, Any], adapter: str) -> str:
@@ -121,7 +130,7 @@ def _check_recorded_base(model_path: str, record: dict[str, Any], adapter: str) 
 
 
 def select_model(args: EvalArgs, settings: Settings) -> ModelSelection:
-    """Pick the base model and tokenizer: the flag, else the first adapter's recorded base, else BASE_MODEL."""
+    """Select the base model and tokenizer: the flag, else the first adapter's recorded base, else BASE_MODEL."""
     from shared.modeling.loader import resolve_model
 
     adapters = parse_checkpoints(args.checkpoint_dir)
@@ -130,7 +139,7 @@ def select_model(args: EvalArgs, settings: Settings) -> ModelSelection:
     model_path = resolve_model(base_model, settings)
     if record and not args.model_name_or_path:
         model_path = _check_recorded_base(model_path, record, adapters[0])
-    # Training saves the tokenizer next to the adapter; the last adapter's copy wins.
+    # Training saves the tokenizer next to the adapter, and the last adapter's copy is used.
     with_tokenizer = [adapter for adapter in adapters if (Path(adapter) / "tokenizer_config.json").is_file()]
     tokenizer_path = with_tokenizer[-1] if with_tokenizer else model_path
     return ModelSelection(base_model, model_path, adapters, tokenizer_path)
@@ -185,18 +194,18 @@ def decode_prediction(tokenizer, token_ids: Sequence[int], stop_ids: Sequence[in
     """
     stops = set(stop_ids)
     vocab_size = len(tokenizer)
-    kept = []
+    decodable = []
     for token_id in token_ids:
         token_id = int(token_id)
         if token_id in stops:
             break
         if 0 <= token_id < vocab_size:
-            kept.append(token_id)
-    return tokenizer.decode(kept, skip_special_tokens=True).strip()
+            decodable.append(token_id)
+    return tokenizer.decode(decodable, skip_special_tokens=True).strip()
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
-    """Return the ids that end an answer: the generation config's eos ids (a list for GLM)."""
+    """Return the ids that end a response: the generation config's eos ids (a list for GLM)."""
     eos = model.generation_config.eos_token_id
     if eos is None:
         eos = tokenizer.eos_token_id
@@ -224,7 +233,7 @@ def build_generation_config(model, tokenizer, args: EvalArgs):
 def generate_batch(
     model, tokenizer, prompts: list[list[int]], generation_config, stop_ids: list[int]
 ) -> list[str]:
-    """Generate one answer per prompt, with the batch padded on the left."""
+    """Generate one response per prompt, with the batch padded on the left."""
     import torch
 
     tokenizer.padding_side = "left"
@@ -288,30 +297,23 @@ def check_resume_settings(output_dir: Path, settings: dict[str, Any]) -> None:
         )
 
 
-def read_completed_predictions(path: Path, examples: Sequence) -> int:
-    """Count the complete prediction lines at the start of `path`, cutting off any partial tail.
+def read_completed_predictions(path: Path, examples: Sequence) -> tuple[int, int]:
+    """Count the complete prediction lines at the start of `path` and the bytes they take.
 
     A line is complete when it ends with a newline and parses as JSON. Each must belong to the
     example at the same position, else `EvaluationSetupError` is raised.
     """
     if not path.is_file():
-        return 0
+        return 0, 0
     data = path.read_bytes()
     records = []
     offset = 0
-    while True:
-        end = data.find(b"\n", offset)
-        if end < 0:
-            break
+    while (end := data.find(b"\n", offset)) >= 0:
         try:
             records.append(json.loads(data[offset:end].decode("utf-8")))
         except (UnicodeDecodeError, json.JSONDecodeError):
             break
         offset = end + 1
-    if offset < len(data):
-        logger.warning("cutting %d bytes of an incomplete line at the end of %s", len(data) - offset, path)
-        with path.open("r+b") as handle:
-            handle.truncate(offset)
 
     if len(records) > len(examples):
         raise EvaluationSetupError(
@@ -328,7 +330,27 @@ def read_completed_predictions(path: Path, examples: Sequence) -> int:
                 f"line {number} of {path} is not the prediction of sample {number} of this dataset; "
                 "pass another --output_dir or delete the file"
             )
-    return len(records)
+    return len(records), offset
+
+
+def prepare_resume(output_dir: Path, examples: Sequence, run: dict[str, Any]) -> int:
+    """Return how many predictions a previous run left, cutting off an incomplete last line.
+
+    The file is changed only after its lines and eval_settings.json have been checked.
+    """
+    path = output_dir / PREDICTIONS_FILE
+    done, complete_bytes = read_completed_predictions(path, examples)
+    if done:
+        check_resume_settings(output_dir, run)
+    if path.is_file() and path.stat().st_size > complete_bytes:
+        logger.warning(
+            "cutting %d bytes of an incomplete line at the end of %s",
+            path.stat().st_size - complete_bytes,
+            path,
+        )
+        with path.open("r+b") as handle:
+            handle.truncate(complete_bytes)
+    return done
 
 
 def describe_run(args: EvalArgs, selection: ModelSelection, dtype) -> dict[str, Any]:
@@ -367,7 +389,7 @@ def generate_predictions(
     done: int,
     on_progress: ProgressCallback | None,
 ) -> tuple[int, float]:
-    """Append predictions for examples `done` onward to `path`; return how many and in how many seconds."""
+    """Append predictions for examples `done` onward to `path` and return their count and the seconds taken."""
     from tqdm.auto import tqdm
     from transformers import set_seed
 
@@ -427,9 +449,8 @@ def run_evaluation(
     run = describe_run(args, selection, dtype)
     output_dir = Path(args.output_dir)
     predictions_path = output_dir / PREDICTIONS_FILE
-    done = read_completed_predictions(predictions_path, examples)
+    done = prepare_resume(output_dir, examples, run)
     if done:
-        check_resume_settings(output_dir, run)
         logger.info("resuming after %d of %d predictions in %s", done, len(examples), predictions_path)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / SETTINGS_FILE).write_text(json.dumps(run, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from shared.eval.predict import (
     PREDICTIONS_FILE,
@@ -40,6 +45,25 @@ RESULT_KEYS = {
     "model_path",
     "checkpoint_dir",
 }
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Generate on one thread: the tiny model's matrices are too small for intra-op threads to pay off."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Undo the logging set-up that `main` does, so later tests do not log to a closed capture stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def quick_args(output_dir: Path, **overrides) -> EvalArgs:
@@ -79,7 +103,8 @@ def test_eval_command_writes_both_files(trained_adapter, tmp_path):
         "--max_new_tokens", "12",
     )  # fmt: skip
 
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
 
     assert completed.returncode == 0, completed.stderr
     predictions = read_predictions(output_dir)
@@ -89,7 +114,7 @@ def test_eval_command_writes_both_files(trained_adapter, tmp_path):
     assert [record["label"] for record in predictions] == [sample["summary"] for sample in samples]
     assert all(isinstance(record["predict"], str) for record in predictions)
     results = json.loads((output_dir / RESULTS_FILE).read_text(encoding="utf-8"))
-    assert RESULT_KEYS <= set(results)
+    assert set(results) >= RESULT_KEYS
     assert results["predict_samples"] == 8
     assert results["checkpoint_dir"] == str(trained_adapter)
     assert results["do_sample"] is False
@@ -142,7 +167,9 @@ def test_resume_rejects_other_settings(trained_adapter, tmp_path):
     run_evaluation(quick_args(output_dir, checkpoint_dir=str(trained_adapter), max_samples=2))
 
     with pytest.raises(EvaluationSetupError, match="max_new_tokens") as raised:
-        run_evaluation(quick_args(output_dir, checkpoint_dir=str(trained_adapter), max_samples=2, max_new_tokens=5))
+        run_evaluation(
+            quick_args(output_dir, checkpoint_dir=str(trained_adapter), max_samples=2, max_new_tokens=5)
+        )
 
     assert "--output_dir" in str(raised.value)
     assert json.loads((output_dir / SETTINGS_FILE).read_text())["max_new_tokens"] == 12
@@ -152,7 +179,9 @@ def test_resume_rejects_other_dataset_rows(tmp_path):
     output_dir = tmp_path / "foreign"
     output_dir.mkdir()
     foreign = {"prompt": "类型#鞋", "predict": "一双鞋", "label": "一双好鞋"}
-    (output_dir / PREDICTIONS_FILE).write_text(json.dumps(foreign, ensure_ascii=False) + "\n", encoding="utf-8")
+    (output_dir / PREDICTIONS_FILE).write_text(
+        json.dumps(foreign, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
 
     with pytest.raises(EvaluationSetupError, match="line 1"):
         run_evaluation(quick_args(output_dir))
@@ -227,6 +256,30 @@ def test_full_weights_folder_named_as_adapter(tmp_path, capsys):
     assert "--model_name_or_path" in capsys.readouterr().err
 
 
+def test_adapter_of_other_base_rejected(trained_adapter, tmp_path):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained_adapter, adapter)
+    record_path = adapter / "adgen_base.json"
+    record = json.loads(record_path.read_text())
+    record.update(fingerprint="0" * 16, path=str(tmp_path / "deleted-base"))
+    record_path.write_text(json.dumps(record))
+
+    with pytest.raises(EvaluationSetupError, match="--model_name_or_path") as raised:
+        run_evaluation(quick_args(tmp_path / "out", checkpoint_dir=str(adapter)))
+
+    assert "0" * 16 in str(raised.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_base_record_rejected(trained_adapter, tmp_path):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained_adapter, adapter)
+    (adapter / "adgen_base.json").write_text("{not json")
+
+    with pytest.raises(EvaluationSetupError, match="invalid JSON"):
+        run_evaluation(quick_args(tmp_path / "out", checkpoint_dir=str(adapter)))
+
+
 @pytest.mark.skipif(not ADGEN_DEV.is_file(), reason=f"ADGEN dev split not found at {ADGEN_DEV}")
 def test_heldout_dev_lines(trained_adapter, tmp_path):
     data_dir = tmp_path / "registry"
@@ -252,4 +305,4 @@ def test_heldout_dev_lines(trained_adapter, tmp_path):
     assert len(predictions) == 100
     assert predictions[-1]["label"] == json.loads(lines[-1])["summary"]
     assert results["predict_samples"] == 100
-    assert RESULT_KEYS <= set(results)
+    assert set(results) >= RESULT_KEYS
