@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TextIO
 
 import httpx
 
@@ -49,7 +50,7 @@ class LocalStack:
         self.settings = settings
         self.api_port = api_port
         self.log_file = log_file
-        self._log_handle = None
+        self._log_handle: TextIO | None = None
         self._log_lock = threading.Lock()
         self.processes: dict[str, subprocess.Popen] = {}
         self.redis_url = settings.redis_url

@@ -54,7 +54,7 @@ class TrainOptions(DataOptions):
         "lora", description="Train a LoRA adapter or all weights."
     )
     lora_rank: int = Field(8, ge=1, le=1024, description="Rank of the LoRA update matrices.")
-    lora_alpha: float | None = Field(None, gt=0, description="LoRA scaling numerator; default 2 x lora_rank.")
+    lora_alpha: int | None = Field(None, gt=0, description="LoRA scaling numerator; default 2 x lora_rank.")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout applied to the LoRA input.")
     lora_target: str | None = Field(
         None,

@@ -12,6 +12,7 @@ import fcntl
 import logging
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from shared.settings import Settings, get_settings
 
@@ -74,7 +75,7 @@ def load_model(path: str, dtype=None, adapters: list[str] | None = None, trainab
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     for adapter in adapters or []:
         from peft import PeftModel
 

@@ -189,9 +189,12 @@ def run_training(args: TrainArgs, settings: Settings | None = None, callbacks: S
     if trainer.is_world_process_zero():
         tokenizer.padding_side = "left"  # Generation pads on the left; saved for evaluation and serving.
         tokenizer.save_pretrained(output_dir)
-        record = {"base_model": args.model_name_or_path or settings.base_model, "path": model_path}
-        record["fingerprint"] = base_fingerprint(model_path) if Path(model_path).is_dir() else None
-        record["finetuning_type"] = args.finetuning_type
+        record = {
+            "base_model": args.model_name_or_path or settings.base_model,
+            "path": model_path,
+            "fingerprint": base_fingerprint(model_path) if Path(model_path).is_dir() else None,
+            "finetuning_type": args.finetuning_type,
+        }
         (output_dir / BASE_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
         if args.plot_loss:
             plot_loss(output_dir)
