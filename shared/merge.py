@@ -181,6 +181,7 @@ def merge_adapter(
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    staging.chmod(0o755)  # mkdtemp creates 0700; the published folder is read by other services' users.
     try:
         model.save_pretrained(staging, max_shard_size=MAX_SHARD_SIZE)
         tokenizer.save_pretrained(staging)
@@ -211,9 +212,11 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     setup_logging()
+    from shared.data.registry import DatasetError
+
     try:
         output_dir = merge_adapter(args.checkpoint_dir, args.output_dir, args.model_name_or_path)
-    except MergeError as error:
+    except (MergeError, DatasetError) as error:
         print(f"adgen merge: error: {error}", file=sys.stderr)
         return 2
     print(output_dir)

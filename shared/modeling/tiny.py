@@ -125,6 +125,7 @@ def build_tiny_model(output_dir: Path, texts: list[str], variant: Variant = "glm
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    staging.chmod(0o755)  # mkdtemp creates 0700; the published folder is read by other services' users.
     tokenizer.save_pretrained(staging)
     model.save_pretrained(staging)
     os.replace(staging, output_dir)

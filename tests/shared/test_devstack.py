@@ -38,8 +38,15 @@ def dev_stack(tmp_path, monkeypatch):
         yield process, base_url
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            # SIGINT, like Ctrl-C, so the launcher stops its services; SIGKILL would orphan them.
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                for child in psutil.Process(process.pid).children(recursive=True):
+                    child.kill()
+                process.kill()
+                process.wait()
 
 
 def service_children(process: subprocess.Popen) -> list[psutil.Process]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,7 @@ def test_merged_folder_reloads_in_fresh_process(merged_dir):
         " 'eos': model.generation_config.eos_token_id, 'type': type(model).__name__}))\n"
     )
     result = subprocess.run(
-        [shutil.which("python") or "python", "-c", script, str(merged_dir)],
+        [sys.executable, "-c", script, str(merged_dir)],
         capture_output=True,
         text=True,
         cwd=REPO,
