@@ -177,7 +177,8 @@ def test_capacity_rejects_beyond_running_plus_queued(tiny_model, monkeypatch):
         queued = small.submit(PROMPTS[1], LONG)
         with pytest.raises(EngineBusy):
             small.submit(PROMPTS[2], LONG)
-        assert small.status().running == 1
+        # The scheduler thread admits the first request on its next loop, so wait for it to run.
+        wait_until(lambda: small.status().running == 1, timeout=30, what="the first request to run")
         assert small.status().waiting == 1
 
         queued.cancel()
