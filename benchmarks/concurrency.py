@@ -74,8 +74,8 @@ def _synchronize(model) -> None:
 def bare_step_seconds(served, row_counts: tuple[int, ...], context: int, rounds: int = 3) -> dict[int, float]:
     """Time one decode step of the model alone (no engine) per row count, with a KV cache of `context` tokens.
 
-    This is the cost that batching cannot avoid on this hardware. Row counts alternate for
-    `rounds` rounds and each figure is the median.
+    This is the cost that no batching can avoid on this hardware, apart from timing noise. Row
+    counts alternate for `rounds` rounds and each figure is the median.
     """
     seconds: dict[int, list[float]] = {rows: [] for rows in row_counts}
     for round_index in range(rounds):
@@ -90,10 +90,10 @@ def _explain_miss(engine_ratio: float, bare_ratio: float, top: int) -> str:
 
     if engine_ratio < TARGET:
         return (
-            f"The engine alone, without HTTP, reaches only {engine_ratio:.2f}× with {top} requests. A bare "
-            f"forward pass of {top} rows, without the engine, gives {bare_ratio:.2f}× the rows per second of "
-            f"one row on this hardware: that bounds what any batching can gain here, and the engine reaches "
-            f"{engine_ratio / bare_ratio:.0%} of it."
+            f"The engine alone, without HTTP, reaches only {engine_ratio:.2f}× with {top} requests. The bare "
+            f"model, without the engine, decodes {bare_ratio:.2f}× the rows per second in a batch of {top} "
+            f"on this hardware, which is about what batching can gain here, and the engine reaches "
+            f"{engine_ratio / bare_ratio:.0%} of that."
         )
     return (
         f"The engine alone, without HTTP, reaches {engine_ratio:.2f}×, so the batching works; the rest is "
@@ -184,9 +184,10 @@ def measure_concurrency(
         target=TARGET,
         notes=[
             f"The engine alone, without HTTP: {top} requests ÷ {single} = {engine_ratio:.2f}× (median of rounds).",
-            f"A bare decode step of the model, without the engine, with a KV cache of {BARE_STEP_CONTEXT} "
-            f"tokens: {bare_seconds[single] * 1000:.1f} ms for {single} row, {bare_seconds[top] * 1000:.1f} ms "
-            f"for {top} rows, so batching {top} rows can give about {bare_ratio:.2f}× at most on this hardware.",
+            f"A bare decode step of the model without the engine, with a KV cache of {BARE_STEP_CONTEXT} "
+            f"tokens, takes {bare_seconds[single] * 1000:.1f} ms for {single} row and "
+            f"{bare_seconds[top] * 1000:.1f} ms for {top} rows. So the bare model decodes {bare_ratio:.2f}× "
+            f"the rows per second in a batch of {top}, about the gain that batching can bring on this hardware.",
         ],
         data={
             "bare_step_seconds": {str(rows): seconds for rows, seconds in bare_seconds.items()},

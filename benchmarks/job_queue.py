@@ -1,7 +1,7 @@
 """Queue latency: from `POST /v1/jobs/train` to the job's first optimizer step, with real rq workers.
 
-Jobs are submitted one at a time to an idle stack, each after the previous one ended, so the
-figure is the latency of an idle stack, not time spent queueing behind other jobs. Stage times come
+Jobs are submitted one at a time, each after the previous one ended, so the figure is the
+latency of an idle stack, not time spent queueing behind other jobs. Stage times come
 from the job's event stream: each Redis Stream id starts with the server's clock in
 milliseconds, on the same machine as the client's clock, so no polling interval blurs them.
 """
@@ -27,6 +27,8 @@ JOB_TIMEOUT_SECONDS = 300
 POLL_SECONDS = 0.25
 IDLE_PAUSE_SECONDS = 1.0  # Lets the worker return to its blocking dequeue before the next job.
 TERMINAL = {"finished", "failed", "canceled"}
+JOB_ROWS = 16
+JOB_BATCH_SIZE = 4
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,9 @@ class JobTimes:
 def train_body(steps: int) -> dict:
     return {
         "dataset": DATASET,
-        "max_samples": 16,
+        "max_samples": JOB_ROWS,
         "max_steps": steps,
-        "per_device_train_batch_size": 4,
+        "per_device_train_batch_size": JOB_BATCH_SIZE,
         "logging_steps": 1,
         "save_steps": 1000,
         "source_prefix": ADGEN_SOURCE_PREFIX,
@@ -129,8 +131,8 @@ def measure_queue(base_url: str, jobs: int, steps: int, warm_up: bool) -> Sectio
             "jobs": jobs,
             "warm-up job": "yes" if warm_up else "no",
             "steps per job": steps,
-            "rows per job": 16,
-            "batch size": 4,
+            "rows per job": JOB_ROWS,
+            "batch size": JOB_BATCH_SIZE,
         },
         columns=["stage", "median s", "p95 s", "min s", "max s"],
         rows=rows,

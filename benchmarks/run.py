@@ -6,11 +6,11 @@ The GPU figures are derived last from the others. A section that fails is report
 measured, and the others still run.
 
 OpenMP's wait policy is set to PASSIVE for this process and the stack's children, unless the
-environment sets OMP_WAIT_POLICY. With the default policy, OpenMP threads spin while they wait;
-on a machine whose cores are all busy (the shared 2-core machine this runs on), a spinning
-thread that the kernel deschedules stalls every parallel region of its process, and a decode
-step of the tiny model took 30 to 50 ms instead of 4 ms in whichever process it hit. That random
-penalty would decide the ratios, so both sides of every comparison run with PASSIVE.
+environment sets OMP_WAIT_POLICY. With the default policy, OpenMP threads spin while they wait.
+On this project's shared 2-core machine, while other processes kept both cores busy, a decode
+step of the tiny model then took 30 to 50 ms instead of 4 ms, in whichever process it hit. The
+likely cause is that a descheduled thread stalls every parallel region of its process. That
+random penalty would decide the ratios, so both sides of every comparison run with PASSIVE.
 """
 
 from __future__ import annotations
@@ -167,11 +167,11 @@ def build_header(
         "baseline in the same run on the same machine. The sides alternate round by round after a "
         "warm-up, and each ratio is the median of the per-round ratios.",
         "",
-        "The machine is a shared 2-core virtual machine, so absolute numbers move with the load of other "
-        "processes (see the load averages below); ratios move much less. OpenMP threads wait passively "
-        "(`OMP_WAIT_POLICY=PASSIVE`) in every process of the run: with the default spin-waiting, a busy "
-        "machine made whichever process it hit 4 to 8 times slower at random. Rerun `make bench` to "
-        "refresh this page.",
+        f"This run had {machine['cores usable']} usable cores, shared with other processes (see the load "
+        "averages below), so absolute numbers move with their load and ratios move much less. Every "
+        f"process of the run has `OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}`: with OpenMP's "
+        "default spin-waiting, a busy 2-core machine made a decode step of the tiny model 4 to 8 times "
+        "slower, in whichever process it hit. Rerun `make bench` to refresh this page.",
     ]
     return {"intro": intro, "machine": machine, "settings": settings}
 

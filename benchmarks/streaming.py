@@ -241,8 +241,8 @@ def measure_streaming(
         notes=[
             f"Engine without HTTP ÷ plain: {engine_vs_plain:.2f}×; API ÷ engine without HTTP: "
             f"{api_vs_engine:.2f}× (medians of paired runs).",
-            f"The API spends {per_token_overhead_ms:+.2f} ms per token more than the plain loop "
-            "(from the median rates).",
+            f"Per token, the API takes {abs(per_token_overhead_ms):.2f} ms "
+            f"{'more' if per_token_overhead_ms >= 0 else 'less'} than the plain loop (from the median rates).",
             f"Streamed text identical on the API and plain sides in {same_text} of {len(runs[API])} "
             "paired runs (greedy decoding on the same weights).",
         ],

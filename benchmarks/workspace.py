@@ -29,6 +29,8 @@ ADGEN_COLUMNS = {"prompt": "content", "query": "", "response": "summary", "histo
 
 @dataclass
 class Workspace:
+    """The temporary folders of one run and the tiny model built in them."""
+
     root: Path
     data_file: Path  # The ADGEN lines used by every section.
     model_path: Path
@@ -37,13 +39,9 @@ class Workspace:
     def data_dir(self) -> Path:
         return self.root / "data"
 
-    @property
-    def volumes_dir(self) -> Path:
-        return self.root / "volumes"
-
     def settings(self) -> Settings:
         """Return fresh settings of this workspace, ignoring any `.env` file of the working directory."""
-        get_settings.cache_clear()
+        get_settings.cache_clear()  # Code that calls get_settings() itself reads the workspace too.
         return Settings(_env_file=None)  # type: ignore[call-arg]
 
     def remove(self) -> None:

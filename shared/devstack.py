@@ -66,7 +66,13 @@ class LocalStack:
             self._log_handle = self.log_file.open("w", encoding="utf-8")
         if "redis_url" not in self.settings.model_fields_set:
             self.redis_url = self._start_redis()
-        env = {**os.environ, "REDIS_URL": self.redis_url, "PYTHONUNBUFFERED": "1"}
+        # Passive OpenMP waiting keeps torch's threads from spinning against each other (see Makefile).
+        env = {
+            "OMP_WAIT_POLICY": "PASSIVE",
+            **os.environ,
+            "REDIS_URL": self.redis_url,
+            "PYTHONUNBUFFERED": "1",
+        }
         command = [sys.executable, "-m", "shared.cli"]
         self._spawn("trainer", [*command, "worker", "train"], env)
         self._spawn("evaluator", [*command, "worker", "eval"], env)
