@@ -77,6 +77,29 @@ def fresh_settings() -> Iterator[None]:
     get_settings.cache_clear()
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread: the tiny model's matrices are too small for intra-op threads to pay off."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo the logging set-up that a command's `main` does, so later tests do not log to a closed stream."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[str]:
     """Start a private redis-server on a free loopback port; yields its base URL."""

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from shared.eval.benchmark import (
     HELDOUT_BASE,
@@ -31,23 +28,7 @@ from shared.settings import get_settings
 SAMPLE_FILE = Path("data/adgen_sample.json")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Generate on one thread: the tiny model's matrices are too small for intra-op threads to pay off."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Undo the logging set-up that `main` does, so later tests do not log to a closed capture stream."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("one_thread", "restore_logging")
 
 
 def read_table(folder: Path) -> tuple[list[str], dict]:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from shared.eval.predict import (
     PREDICTIONS_FILE,
@@ -47,23 +44,7 @@ RESULT_KEYS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Generate on one thread: the tiny model's matrices are too small for intra-op threads to pay off."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Undo the logging set-up that `main` does, so later tests do not log to a closed capture stream."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("one_thread", "restore_logging")
 
 
 def quick_args(output_dir: Path, **overrides) -> EvalArgs:
