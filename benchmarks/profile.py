@@ -20,7 +20,7 @@ class Profile:
     train_rounds: int = 3
     predict_rows: int = 48
     predict_batch_size: int = 16
-    predict_tokens: int = 64  # ADGEN answers average 53 tokens with the tiny model's tokenizer.
+    predict_tokens: int = 64  # ADGEN responses average 53 tokens with the tiny model's tokenizer.
     predict_rounds: int = 3
     queue_jobs: int = 8
     queue_steps: int = 2

@@ -91,12 +91,7 @@ def run_ours(workspace: Workspace, rows: int, batch_size: int) -> TrainRun:
     args = train_args(workspace, rows, batch_size, output_dir)
     metrics = run_training(args, workspace.settings(), callbacks=[counter])
     shutil.rmtree(output_dir, ignore_errors=True)
-    return TrainRun(
-        samples_per_second=metrics["train_samples_per_second"],
-        runtime_seconds=metrics["train_runtime"],
-        padded_tokens=counter.padded_tokens,
-        batches=len(counter.shapes),
-    )
+    return _train_run(metrics, counter)
 
 
 def lora_targets(model) -> list[str]:
@@ -158,12 +153,7 @@ def run_baseline(workspace: Workspace, rows: int, batch_size: int) -> TrainRun:
     trainer.remove_callback(PrinterCallback)  # It would print the final metrics to stdout.
     metrics = trainer.train().metrics
     shutil.rmtree(output_dir, ignore_errors=True)
-    return TrainRun(
-        samples_per_second=metrics["train_samples_per_second"],
-        runtime_seconds=metrics["train_runtime"],
-        padded_tokens=counter.padded_tokens,
-        batches=len(counter.shapes),
-    )
+    return _train_run(metrics, counter)
 
 
 def dataset_lengths(workspace: Workspace, rows: int) -> list[int]:
@@ -294,3 +284,13 @@ def describe_runs(section: Section) -> dict[str, Any]:
         "samples_per_second": median([run["samples_per_second"] for run in ours]),
         "padded_tokens_per_sample": ours[0]["padded_tokens"] / section.settings["rows"],
     }
+
+
+def _train_run(metrics: dict, counter: TokenCounter) -> TrainRun:
+    """Combine the Trainer's metrics with the padding that `counter` saw into one side's figures."""
+    return TrainRun(
+        samples_per_second=metrics["train_samples_per_second"],
+        runtime_seconds=metrics["train_runtime"],
+        padded_tokens=counter.padded_tokens,
+        batches=len(counter.shapes),
+    )

@@ -49,7 +49,7 @@ TERMINAL_STATUSES = {"finished", "failed", "canceled"}
 
 
 class DemoError(RuntimeError):
-    """A step of the demo failed; the message says which and why."""
+    """A step of the demo failed; the message names the step and the cause."""
 
 
 def wait_for_job(client: httpx.Client, job_id: str, label: str, stack: LocalStack) -> dict[str, Any]:

@@ -123,7 +123,7 @@ class LocalStack:
                     sys.stdout.flush()
 
     def wait_ready(self, timeout: float = 300) -> None:
-        """Wait until the API answers /healthz, failing early when a service exits."""
+        """Wait until the API responds on /healthz, failing early when a service exits."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.raise_if_exited()
@@ -133,7 +133,7 @@ class LocalStack:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        raise TimeoutError(f"the API did not answer {self.api_url}/healthz within {timeout:.0f}s")
+        raise TimeoutError(f"the API did not respond on {self.api_url}/healthz within {timeout:.0f}s")
 
     def raise_if_exited(self) -> None:
         for name, process in self.processes.items():

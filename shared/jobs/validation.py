@@ -2,7 +2,7 @@
 
 Pydantic checks what a request contains on its own (types, bounds, unknown fields); these checks need
 the server's data and model folders. Each returns errors in pydantic's shape, with a `loc` naming
-the field, so the API answers 422 exactly as it does for a bad number. Nothing here imports torch:
+the field, so the API returns 422 exactly as it does for a bad number. Nothing here imports torch:
 a model's layer names come from `model_type` in its config.json.
 """
 

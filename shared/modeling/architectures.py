@@ -1,4 +1,4 @@
-"""What the stack knows about each supported architecture without importing torch.
+"""Facts the stack records about each supported architecture without importing torch.
 
 The API validates LoRA targets against these names before a job is queued; training checks them
 again against the loaded model, which is the authority for architectures not listed here.

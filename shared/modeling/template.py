@@ -48,7 +48,7 @@ def encode_truncated_prompt(
     """Encode a prompt of at most `max_length` tokens, cutting the end of the user's text if needed.
 
     The template's head and tail (role tokens, the assistant start) are always kept, so a truncated
-    prompt still asks the model to answer. Returns the ids and whether the text was cut.
+    prompt still ends where the model's response starts. Returns the ids and whether the text was cut.
     """
     ids = encode_prompt(tokenizer, build_messages(prompt, source_prefix, **turns))
     if len(ids) <= max_length:

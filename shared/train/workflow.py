@@ -3,7 +3,7 @@
 The same function runs alone, under `accelerate launch` on several processes, and inside a trainer
 worker's job. Divergences from ChatGLM-Efficient-Tuning's trainer:
 
-- An output folder that already holds checkpoints is resumed from its newest one, not rejected;
+- An output folder that already contains checkpoints is resumed from its newest one, not rejected;
   `--overwrite_output_dir` starts over. A retried job therefore continues where it stopped.
 - `--fp16` / `--bf16` on a machine without support fall back to float32 with one warning.
 """
@@ -135,7 +135,7 @@ def build_training_arguments(args: TrainArgs, output_dir: Path):
 
 
 def run_training(args: TrainArgs, settings: Settings | None = None, callbacks: Sequence = ()) -> dict:
-    """Fine-tune as `args` says and save the adapter (or full weights) in `args.output_dir`.
+    """Fine-tune as `args` specifies and save the adapter (or full weights) in `args.output_dir`.
 
     Returns the metrics written to all_results.json. `callbacks` are extra `TrainerCallback`s, used by
     the job worker for progress and cancellation.
